@@ -1,0 +1,530 @@
+"""The configuration schema: typed, frozen dataclasses, decoded strictly from YAML.
+
+Defaults live on the dataclasses; :mod:`exporter.decode` rejects unknown keys and
+reports every error with its key path; each ``validate`` method adds the
+cross-field rules.  ``docs/configuration.md`` documents every key here, and
+``tests/test_config_docs.py`` keeps the two in step.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_CONFIG_YAML",
+    "Config",
+    "load",
+    "load_text",
+]
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from exporter.decode import Duration, decode, load_yaml
+from exporter.errors import ConfigError, ConfigIssue
+from exporter.secrets import Secret
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
+_HOST_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9])?\.?$")
+
+SmtpTLS = Literal["starttls", "optional", "implicit", "none"]
+ImapTLS = Literal["starttls", "implicit", "none"]
+
+
+def _check_name(name: str) -> list[tuple[str, str]]:
+    if not _NAME_RE.match(name):
+        return [("name", f'expected a short name of letters, digits and "_.:-", got "{name}"')]
+    return []
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """Split ``host:port`` or ``[v6]:port``.  Raises ``ValueError``."""
+    if address.startswith("["):
+        host, sep, port = address[1:].partition("]:")
+        if not sep:
+            raise ValueError(address)
+    else:
+        host, sep, port = address.rpartition(":")
+        if not sep or ":" in host:
+            raise ValueError(address)
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(address)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOST_RE.match(host):
+            raise ValueError(address) from None
+    return host, int(port)
+
+
+def _check_address(key: str, address: str) -> list[tuple[str, str]]:
+    try:
+        split_address(address)
+    except ValueError:
+        return [(key, f'expected host:port like "mail.example.com:25" or "[::1]:25", got "{address}"')]
+    return []
+
+
+# --- global -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolverConfig:
+    """The DNS resolver used for MX discovery, DNS posture and DNSBL lookups."""
+
+    nameservers: tuple[str, ...] = ()  # empty: the system resolver (/etc/resolv.conf)
+    port: int = 53
+    timeout: Duration = 5.0
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = []
+        for i, ns in enumerate(self.nameservers):
+            try:
+                ipaddress.ip_address(ns)
+            except ValueError:
+                out.append((f"nameservers[{i}]", f'expected an IP address, got "{ns}"'))
+        if not 0 < self.port < 65536:
+            out.append(("port", f"expected a port between 1 and 65535, got {self.port}"))
+        return out
+
+
+@dataclass(frozen=True)
+class GlobalConfig:
+    interval: Duration = 60.0
+    timeout: Duration = 10.0
+    jitter: float = 0.1
+    max_concurrency: int = 64
+    resolver: ResolverConfig = field(default_factory=ResolverConfig)
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = []
+        if self.interval <= 0:
+            out.append(("interval", "expected a positive duration"))
+        if self.timeout <= 0:
+            out.append(("timeout", "expected a positive duration"))
+        if not 0 <= self.jitter <= 0.5:
+            out.append(("jitter", f"expected a fraction between 0 and 0.5, got {self.jitter}"))
+        if self.max_concurrency < 1:
+            out.append(("max_concurrency", f"expected at least 1, got {self.max_concurrency}"))
+        return out
+
+
+# --- TLS and auth -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """How a probe judges the server's certificate."""
+
+    verify: bool = True  # an invalid certificate fails the probe (reason "tls"); metrics are kept either way
+    ca_file: str | None = None  # trust these CAs instead of the system store
+    server_name: str | None = None  # name to verify and send as SNI; default: the target host name
+    min_version: Literal["TLS1.0", "TLS1.1", "TLS1.2", "TLS1.3"] | None = None
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    username: str
+    password: Secret
+
+    def __repr__(self) -> str:
+        return f"AuthConfig(username={self.username!r}, password=<redacted>)"
+
+
+# --- domains (MX discovery, DNS posture, DNSBL) -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    port: int = 25
+    starttls: Literal["required", "optional", "none"] = "optional"
+    helo: str = "mail-continuity-exporter.invalid"
+    tls: TLSSettings = field(default_factory=TLSSettings)
+    timeout: Duration | None = None
+
+
+@dataclass(frozen=True)
+class DnsPosture:
+    mx: bool = True
+    spf: bool = True
+    dmarc: bool = True
+    mta_sts: bool = False
+    mta_sts_fetch_policy: bool = False
+    tls_rpt: bool = False
+    dkim_selectors: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    domain: str
+    min_healthy_mx: int = 1
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
+    dns: DnsPosture = field(default_factory=DnsPosture)
+    dnsbl: tuple[str, ...] = ()
+    sending_ips: tuple[str, ...] = ()
+    max_mx_addresses: int = 16
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = []
+        if not _HOST_RE.match(self.domain) or "." not in self.domain.strip("."):
+            out.append(("domain", f'expected a domain name like "example.com", got "{self.domain}"'))
+        if self.min_healthy_mx < 0:
+            out.append(("min_healthy_mx", f"expected 0 or more, got {self.min_healthy_mx}"))
+        for i, ip in enumerate(self.sending_ips):
+            try:
+                ipaddress.ip_address(ip)
+            except ValueError:
+                out.append((f"sending_ips[{i}]", f'expected an IP address, got "{ip}"'))
+        return out
+
+
+# --- named endpoints --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    name: str
+    protocol: Literal["smtp", "imap"]
+    address: str
+    tls: SmtpTLS = "starttls"
+    tls_config: TLSSettings = field(default_factory=TLSSettings)
+    helo: str = "mail-continuity-exporter.invalid"
+    auth: AuthConfig | None = None
+    select: str | None = None  # IMAP: mailbox to SELECT after login
+    interval: Duration | None = None
+    timeout: Duration | None = None
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = _check_name(self.name) + _check_address("address", self.address)
+        if self.protocol == "imap" and self.tls == "optional":
+            out.append(("tls", 'expected one of "starttls", "implicit", "none" for IMAP, got "optional"'))
+        if self.select is not None and self.protocol != "imap":
+            out.append(("select", "only valid for protocol imap"))
+        if self.select is not None and self.auth is None:
+            out.append(("select", "needs auth (SELECT requires a login)"))
+        return out
+
+
+# --- queues -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PostfixQueue:
+    name: str
+    type: Literal["postfix"]
+    config_directory: str | None = None  # postconf -c DIR; default: Postfix's default
+    reader: Literal["auto", "showq", "spool", "postqueue"] = "auto"
+    top_destinations: int = 10
+    interval: Duration | None = None
+    timeout: Duration | None = None
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = _check_name(self.name)
+        if not 0 <= self.top_destinations <= 100:
+            out.append(("top_destinations", f"expected 0 to 100, got {self.top_destinations}"))
+        return out
+
+
+@dataclass(frozen=True)
+class EximQueue:
+    name: str
+    type: Literal["exim"]
+    spool_directory: str = "/var/spool/exim4"
+    exim_binary: str | None = None  # set to cross-check with `exim -bpc`
+    header_time_budget: Duration = 2.0
+    interval: Duration | None = None
+    timeout: Duration | None = None
+
+    def validate(self) -> list[tuple[str, str]]:
+        return _check_name(self.name)
+
+
+@dataclass(frozen=True)
+class DirectoryQueue:
+    name: str
+    type: Literal["directory"]
+    path: str
+    pattern: str = "*"
+    queue: str = "queue"
+    interval: Duration | None = None
+    timeout: Duration | None = None
+
+    def validate(self) -> list[tuple[str, str]]:
+        return _check_name(self.name)
+
+
+@dataclass(frozen=True)
+class CommandQueue:
+    name: str
+    type: Literal["command"]
+    command: tuple[str, ...]
+    queue: str = "queue"
+    interval: Duration | None = None
+    timeout: Duration | None = None
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = _check_name(self.name)
+        if not self.command:
+            out.append(("command", 'expected a non-empty argv list like ["/usr/bin/qcount", "-n"]'))
+        return out
+
+
+QueueConfig = PostfixQueue | EximQueue | DirectoryQueue | CommandQueue
+
+
+# --- routes (end-to-end probes) ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SendConfig:
+    address: str
+    tls: SmtpTLS = "starttls"
+    tls_config: TLSSettings = field(default_factory=TLSSettings)
+    helo: str = "mail-continuity-exporter.invalid"
+    auth: AuthConfig | None = None
+    mail_from: str = field(default="", metadata={"key": "from"})
+    rcpt_to: str = field(default="", metadata={"key": "to"})
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = _check_address("address", self.address)
+        if "@" not in self.mail_from:
+            out.append(("from", f'expected an address like "probe@example.com", got "{self.mail_from}"'))
+        if "@" not in self.rcpt_to:
+            out.append(("to", f'expected an address like "probe@example.com", got "{self.rcpt_to}"'))
+        return out
+
+
+@dataclass(frozen=True)
+class ReceiveConfig:
+    address: str
+    username: str
+    password: Secret
+    tls: ImapTLS = "implicit"
+    tls_config: TLSSettings = field(default_factory=TLSSettings)
+    folders: tuple[str, ...] = ("INBOX",)
+    junk_folders: tuple[str, ...] = ("Junk",)
+    idle: bool = True
+    poll_interval: Duration = 5.0
+    keep_messages: bool = False
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = _check_address("address", self.address)
+        if not self.folders:
+            out.append(("folders", "expected at least one folder"))
+        return out
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    name: str
+    send: SendConfig
+    receive: ReceiveConfig
+    interval: Duration = 60.0
+    timeout: Duration = 300.0
+    max_age: Duration = 3600.0
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = _check_name(self.name)
+        if self.max_age < self.timeout:
+            out.append(("max_age", "expected max_age to be at least the timeout"))
+        return out
+
+
+# --- continuity ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    incident_match: dict[str, str] = field(default_factory=dict)
+    availability_target: float = 0.999
+    rto_target: Duration | None = None
+    mttr_target: Duration | None = None
+    check_outages: tuple[str, ...] = ()  # check names whose outages open incidents
+    check_outage_threshold: int = 3
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = _check_name(self.name)
+        if not 0 < self.availability_target < 1:
+            out.append(("availability_target", f"expected a ratio like 0.999, got {self.availability_target}"))
+        return out
+
+
+@dataclass(frozen=True)
+class FileMtimeBackup:
+    type: Literal["file_mtime"]
+    path: str
+    name: str = ""
+    max_age: Duration = 86400.0
+
+
+@dataclass(frozen=True)
+class TimestampFileBackup:
+    type: Literal["timestamp_file"]
+    path: str
+    name: str = ""
+    max_age: Duration = 86400.0
+
+
+@dataclass(frozen=True)
+class CommandBackup:
+    type: Literal["command"]
+    command: tuple[str, ...]
+    name: str = ""
+    max_age: Duration = 86400.0
+    timeout: Duration = 30.0
+
+
+BackupConfig = FileMtimeBackup | TimestampFileBackup | CommandBackup
+
+
+@dataclass(frozen=True)
+class ImapEndpoint:
+    address: str
+    username: str
+    password: Secret
+    tls: ImapTLS = "implicit"
+    tls_config: TLSSettings = field(default_factory=TLSSettings)
+    folder: str = "INBOX"
+
+    def validate(self) -> list[tuple[str, str]]:
+        return _check_address("address", self.address)
+
+
+@dataclass(frozen=True)
+class ImapCanaryReplica:
+    type: Literal["imap_canary"]
+    primary: ImapEndpoint
+    replica: ImapEndpoint
+    name: str = ""
+    interval: Duration = 60.0
+    timeout: Duration = 600.0
+    poll_interval: Duration = 1.0
+
+
+@dataclass(frozen=True)
+class CommandReplica:
+    type: Literal["command"]
+    command: tuple[str, ...]
+    name: str = ""
+    interval: Duration = 60.0
+    timeout: Duration = 30.0
+
+
+ReplicaConfig = ImapCanaryReplica | CommandReplica
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    rpo_target: Duration | None = None
+    backups: tuple[BackupConfig, ...] = ()
+    replicas: tuple[ReplicaConfig, ...] = ()
+
+    def validate(self) -> list[tuple[str, str]]:
+        return _check_name(self.name)
+
+
+@dataclass(frozen=True)
+class MaintenanceWindow:
+    service: str
+    start: str
+    end: str
+
+
+@dataclass(frozen=True)
+class ReconcileConfig:
+    alertmanager_url: str | None = None
+    interval: Duration = 300.0
+
+
+@dataclass(frozen=True)
+class ContinuityConfig:
+    services: tuple[ServiceConfig, ...] = ()
+    datasets: tuple[DatasetConfig, ...] = ()
+    maintenance: tuple[MaintenanceWindow, ...] = ()
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    bearer_token: Secret | None = None
+    basic_auth: AuthConfig | None = None
+    max_body_bytes: int = 1 << 20
+
+
+# --- top level -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Config:
+    global_: GlobalConfig = field(default_factory=GlobalConfig, metadata={"key": "global"})
+    domains: tuple[DomainConfig, ...] = ()
+    endpoints: tuple[EndpointConfig, ...] = ()
+    queues: tuple[QueueConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+    continuity: ContinuityConfig = field(default_factory=ContinuityConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+
+    def validate(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for section in ("domains", "endpoints", "queues", "routes"):
+            seen: dict[str, int] = {}
+            for i, item in enumerate(getattr(self, section)):
+                key = getattr(item, "domain", None) or item.name
+                if key in seen:
+                    out.append((f"{section}[{i}]", f'duplicate name "{key}" (also {section}[{seen[key]}])'))
+                seen.setdefault(key, i)
+        services = {s.name for s in self.continuity.services}
+        for i, m in enumerate(self.continuity.maintenance):
+            if m.service not in services:
+                out.append((f"continuity.maintenance[{i}].service", f'unknown service "{m.service}"'))
+        return out
+
+
+def load_text(text: str, file: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Load a config from YAML text.  Raises :class:`ConfigError` listing every issue."""
+    data, lines = load_yaml(text, file)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue(file, "", "expected a mapping at the top level")])
+    cfg: Config = decode(Config, data, file, lines, base_dir)
+    return cfg
+
+
+def load(path: str | Path) -> Config:
+    """Load a config file.  Raises :class:`ConfigError` listing every issue."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(str(p), "", f"cannot read file: {exc.strerror or exc}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([ConfigIssue(str(p), "", "expected UTF-8 text")]) from None
+    return load_text(text, p.name, p.parent)
+
+
+#: The embedded default: watch this host's own mail service.  Used with no --config.file.
+DEFAULT_CONFIG_YAML = """\
+# Embedded default: check the local MTA on this host.
+global:
+  interval: 30s
+  timeout: 10s
+endpoints:
+  - name: local-smtp
+    protocol: smtp
+    address: 127.0.0.1:25
+    tls: optional
+    tls_config: {verify: false}
+queues:
+  - name: local
+    type: postfix
+continuity:
+  services:
+    - name: mail
+      incident_match: {}
+"""

@@ -1,0 +1,182 @@
+"""The metrics contract, as code.
+
+Every metric family the exporter can emit is declared here once, with its type,
+help text and exact label names.  :class:`exporter.model.Sink` refuses samples of
+undeclared families or labels, the snapshot renders HELP/TYPE lines from here, and
+``tests/test_metrics_contract.py`` checks that ``docs/metrics.md`` documents every
+family.  Names are a public API: the rules and dashboards depend on them.
+"""
+
+from __future__ import annotations
+
+__all__ = ["FAMILIES", "MetricDef"]
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class MetricDef:
+    name: str
+    type: str  # gauge | counter | histogram | gaugehistogram
+    help: str
+    labels: tuple[str, ...]
+
+
+def _defs(*items: tuple[str, str, str, tuple[str, ...]]) -> dict[str, MetricDef]:
+    return {name: MetricDef(name, typ, help_, labels) for name, typ, help_, labels in items}
+
+
+_PROBE = ("protocol", "check", "target")
+
+FAMILIES: dict[str, MetricDef] = _defs(
+    # --- self ---------------------------------------------------------------------------
+    ("mail_exporter_build_info", "gauge", "Build information; always 1.", ("version", "python")),
+    (
+        "mail_exporter_config_last_reload_successful",
+        "gauge",
+        "Whether the last configuration reload succeeded (1) or failed (0).",
+        (),
+    ),
+    (
+        "mail_exporter_config_last_reload_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the last successful configuration load.",
+        (),
+    ),
+    ("mail_exporter_checks", "gauge", "Checks configured, by kind.", ("check",)),
+    ("mail_exporter_check_duration_seconds", "gauge", "Duration of the last run of a check.", ("check", "name")),
+    ("mail_exporter_check_success", "gauge", "Whether the last run of a check succeeded.", ("check", "name")),
+    (
+        "mail_exporter_check_last_run_timestamp_seconds",
+        "gauge",
+        "Unix time at which the last run of a check finished.",
+        ("check", "name"),
+    ),
+    (
+        "mail_exporter_check_runs_total",
+        "counter",
+        "Runs of a check, by result (success, failure, error).",
+        ("check", "name", "result"),
+    ),
+    # --- MX and redundancy ----------------------------------------------------------------
+    ("mail_mx_records", "gauge", "MX records published for a domain.", ("domain",)),
+    ("mail_mx_healthy", "gauge", "MX hosts of a domain accepting mail now.", ("domain",)),
+    ("mail_mx_min_healthy", "gauge", "Configured redundancy objective: healthy MX hosts wanted.", ("domain",)),
+    # --- SMTP / IMAP ----------------------------------------------------------------------
+    (
+        "mail_smtp_up",
+        "gauge",
+        "Whether banner, EHLO and (if configured) STARTTLS and AUTH succeeded.",
+        ("check", "target"),
+    ),
+    ("mail_smtp_reply_code", "gauge", "Last SMTP reply code seen in the dialog.", ("check", "target")),
+    ("mail_imap_up", "gauge", "Whether greeting, TLS, LOGIN and SELECT succeeded.", ("check", "target")),
+    ("mail_probe_phase_duration_seconds", "gauge", "Duration of each phase of the last probe.", (*_PROBE, "phase")),
+    ("mail_probe_failures_total", "counter", "Probe failures by reason.", (*_PROBE, "reason")),
+    # --- TLS ------------------------------------------------------------------------------
+    (
+        "mail_tls_cert_expiry_timestamp_seconds",
+        "gauge",
+        "notAfter of the leaf certificate, as a Unix time; present even when the certificate is invalid.",
+        _PROBE,
+    ),
+    ("mail_tls_cert_valid", "gauge", "Whether the certificate chain and host name verify (1) or not (0).", _PROBE),
+    ("mail_tls_cert_chain_valid", "gauge", "Whether the certificate chain verifies against the trust store.", _PROBE),
+    ("mail_tls_cert_hostname_valid", "gauge", "Whether the certificate matches the host name checked.", _PROBE),
+    ("mail_tls_version_info", "gauge", "TLS version negotiated; always 1.", (*_PROBE, "version")),
+    # --- DNS ------------------------------------------------------------------------------
+    ("mail_dns_record_ok", "gauge", "Whether a DNS record is present and well formed.", ("domain", "record")),
+    (
+        "mail_dnsbl_listed",
+        "gauge",
+        "1 when an address is listed on a DNS blocklist (real listing codes only).",
+        ("domain", "address", "zone"),
+    ),
+    (
+        "mail_dnsbl_errors_total",
+        "counter",
+        "DNSBL lookups that failed or returned a blocklist error code.",
+        ("domain", "zone", "reason"),
+    ),
+    # --- queues ---------------------------------------------------------------------------
+    ("mail_queue_up", "gauge", "Whether the last read of a queue source succeeded.", ("source",)),
+    (
+        "mail_queue_reader_info",
+        "gauge",
+        "Which reader a queue source used for its last read; always 1.",
+        ("source", "reader"),
+    ),
+    ("mail_queue_messages", "gauge", "Messages in a queue now.", ("source", "queue")),
+    ("mail_queue_size_bytes", "gauge", "Bytes in a queue now.", ("source", "queue")),
+    ("mail_queue_oldest_message_age_seconds", "gauge", "Age of the oldest message in a queue.", ("source", "queue")),
+    (
+        "mail_queue_message_age_seconds",
+        "gaugehistogram",
+        "Age distribution of the messages in a queue now.",
+        ("source", "queue"),
+    ),
+    ("mail_queue_deferred_reason_messages", "gauge", "Deferred messages by classified reason.", ("source", "reason")),
+    (
+        "mail_queue_deferred_destination_messages",
+        "gauge",
+        "Deferred messages by destination domain (top N, the rest as other).",
+        ("source", "domain"),
+    ),
+    ("mail_queue_frozen_messages", "gauge", "Frozen messages (Exim).", ("source",)),
+    ("mail_queue_read_duration_seconds", "gauge", "Duration of the last read of a queue source.", ("source",)),
+    # --- round trips ----------------------------------------------------------------------
+    (
+        "mail_roundtrip_latency_seconds",
+        "histogram",
+        "Time from the end of SMTP DATA to the probe seen in the mailbox.",
+        ("route",),
+    ),
+    ("mail_roundtrip_success", "gauge", "Whether the last probe of a route was delivered in time.", ("route",)),
+    ("mail_roundtrip_last_success_timestamp_seconds", "gauge", "Unix time of the last delivered probe.", ("route",)),
+    ("mail_roundtrip_probes_total", "counter", "Probes by outcome.", ("route", "result")),
+    ("mail_roundtrip_hop_delay_seconds", "gauge", "Per-hop delay of the last delivered probe.", ("route", "hop")),
+    (
+        "mail_roundtrip_server_delivery_seconds",
+        "gauge",
+        "Delivery time of the last probe according to the Received header of the last hop.",
+        ("route",),
+    ),
+    # --- incidents ------------------------------------------------------------------------
+    ("mail_incidents_total", "counter", "Incidents opened, persisted across restarts.", ("service", "severity")),
+    ("mail_incidents_open", "gauge", "Incidents open now.", ("service", "severity")),
+    ("mail_incident_oldest_open_seconds", "gauge", "Age of the oldest open incident.", ("service",)),
+    (
+        "mail_incident_recovery_seconds",
+        "histogram",
+        "Time to recover from incidents, persisted.",
+        ("service", "severity"),
+    ),
+    ("mail_mttr_seconds", "gauge", "Mean time to recover over a window.", ("service", "window")),
+    ("mail_mtbf_seconds", "gauge", "Mean time between failures over a window.", ("service", "window")),
+    ("mail_availability_ratio", "gauge", "Availability over a window, maintenance excluded.", ("service", "window")),
+    ("mail_downtime_seconds", "gauge", "Downtime over a window, maintenance excluded.", ("service", "window")),
+    ("mail_webhook_notifications_total", "counter", "Alertmanager notifications received, by outcome.", ("result",)),
+    # --- objectives -----------------------------------------------------------------------
+    ("mail_rto_estimate_seconds", "gauge", "Estimated recovery time of a service.", ("service",)),
+    ("mail_rto_target_seconds", "gauge", "Recovery time objective of a service.", ("service",)),
+    ("mail_mttr_target_seconds", "gauge", "MTTR objective of a service.", ("service",)),
+    ("mail_availability_target_ratio", "gauge", "Availability objective of a service.", ("service",)),
+    ("mail_rpo_estimate_seconds", "gauge", "Estimated data loss window of a dataset.", ("dataset",)),
+    ("mail_rpo_target_seconds", "gauge", "Recovery point objective of a dataset.", ("dataset",)),
+    (
+        "mail_backup_last_success_timestamp_seconds",
+        "gauge",
+        "Unix time of the newest good backup.",
+        ("dataset", "backup"),
+    ),
+    ("mail_backup_up", "gauge", "Whether the last read of a backup source succeeded.", ("dataset", "backup")),
+    (
+        "mail_replication_lag_seconds",
+        "gauge",
+        "Replication lag: canary written on primary, seen on replica.",
+        ("dataset", "replica"),
+    ),
+    ("mail_replication_up", "gauge", "Whether the last replica measurement succeeded.", ("dataset", "replica")),
+    ("mail_drill_last_timestamp_seconds", "gauge", "Unix time of the last failover or restore drill.", ("service",)),
+    ("mail_maintenance_active", "gauge", "1 inside a maintenance window of a service.", ("service",)),
+)

@@ -1,0 +1,1354 @@
+#!/usr/bin/env bash
+# teststack.sh - a real mail stack on loopback for the test suite.
+#
+# Usage: scripts/teststack.sh install|up|down|status|restart-postfix|stop SERVICE|start SERVICE
+#        SERVICE is one of: postfix dovecot lmtp unbound prometheus alertmanager
+#
+#   install          apt-get install the needed Debian packages (skipped when all
+#                    binaries exist; postfix is preseeded to "No configuration",
+#                    and services are kept from auto-starting during the install
+#                    via a temporary /usr/sbin/policy-rc.d if none exists).
+#   up               generate everything under $MCE_STACK_DIR, start all services,
+#                    wait until each one answers, write $MCE_STACK_DIR/stack.json.
+#                    No-op (exit 0) if everything is already up.  If only some
+#                    services are down (e.g. after "stop X"), the missing ones are
+#                    started with the existing configuration.  If nothing of ours
+#                    runs, the stack dir is wiped and regenerated (new passwords,
+#                    new certificates, empty queue/mailboxes/TSDB).  Prints one
+#                    line on stdout: "up: created", "up: repaired" or
+#                    "up: already-up" (progress goes to stderr).
+#   down             stop everything this script started (pid files of our own
+#                    instances only; never the system-wide services) and remove
+#                    stack.json.  Logs and data stay until the next "up".
+#   status           one line per service; exit 0 iff all are up.
+#   restart-postfix  postfix stop + start of our instance.
+#   stop/start SVC   outage injection for tests.
+#
+# Needs root (creates the mail user, starts Postfix/Dovecot).  Everything binds to
+# 127.0.0.1 only; nothing is sent off the box (the Postfix relayhost is a dead
+# port on loopback, Unbound refuses everything outside its local zones).
+# up/down/start/stop/restart-postfix are serialised with flock on
+# "$MCE_STACK_DIR.lock" (e.g. /tmp/mce-teststack.lock), so concurrent callers
+# such as pytest-xdist workers do not race.  Outside the stack dir the script
+# only touches: the system user "mcevmail" (created if missing), the lock file,
+# and the default Postfix instance's main.cf, where the stack's config dir is
+# appended to alternate_config_directories (the default instance is never
+# started; a minimal /etc/postfix/main.cf is created if there is none).
+#
+# Environment:
+#   MCE_STACK_DIR    stack directory (default /tmp/mce-teststack); must be an
+#                    absolute path made of [A-Za-z0-9._/-].
+#   MCE_WEBHOOK_URL  Alertmanager webhook receiver URL, read at "up"
+#                    (default http://127.0.0.1:10587/alertmanager).
+#   MCE_STACK_WAIT   seconds to wait for each service to answer (default 30).
+#
+# Ports (all on 127.0.0.1):
+#   2525 Postfix smtpd, port-25 role, STARTTLS offered (valid cert), no AUTH
+#   2526/2527/2528 Postfix smtpd with STARTTLS using the expired / self-signed /
+#        wrong-host certificate
+#   2587 Postfix submission: STARTTLS required, SASL AUTH (Dovecot auth on 2499)
+#   2465 Postfix smtps (implicit TLS), SASL AUTH
+#   2143 Dovecot IMAP (STARTTLS), 2993 IMAPS, 2424 LMTP, 2499 auth (for Postfix)
+#   2053 Unbound (UDP+TCP)
+#   29090 Prometheus, 29093 Alertmanager
+#   2999 dead relay: nothing listens; mail for non-local domains is relayed
+#        there and stays deferred ("Connection refused").
+#   127.0.0.2:2525 dead MX (mx2.example.test), nothing listens.
+#
+# Mail routing: example.test and archive.example.test are virtual mailbox
+# domains (known users only, others get 550 at RCPT) delivered with
+# lmtp:inet:127.0.0.1:2424 to Dovecot.  Everything else goes to
+# relayhost [127.0.0.1]:2999.  No DNS is used by Postfix.  Access rules:
+# tempfail@example.test -> "450 4.2.0 try later", reject@example.test ->
+# "554 5.7.1 no".  Retry timers are long (queue_run_delay/minimal_backoff_time
+# 1h, lifetimes 5d) so queues stay stable; use "postqueue -c DIR -f" to retry.
+#
+# Postfix logs to $MCE_STACK_DIR/postfix/maillog via postlogd (no syslog).
+# smtpd_peername_lookup = no, so clients show up as "unknown[127.0.0.1]" and
+# no resolver lookups happen.
+#
+# Dovecot: plaintext auth is only allowed on secured connections
+# (disable_plaintext_auth = yes), but note that Dovecot treats connections
+# whose client IP equals the server IP as secured, so on loopback LOGIN works
+# on 2143 even without STARTTLS.  Failed logins are answered at once
+# (auth_failure_delay = 0, anvil auth penalty disabled) so wrong-password tests
+# do not slow down later logins from 127.0.0.1.  Mailboxes are Maildir at
+# $MCE_STACK_DIR/mail/<domain>/<user>, owned by the system user "mcevmail".
+# A global sieve_before script files mail with "X-Test-Junk: yes" into Junk.
+# Log timestamps have microseconds ("%Y-%m-%d %H:%M:%S.%{usecs} ").
+#
+# "stop lmtp" / "start lmtp": Dovecot's LMTP service is really switched off:
+# $MCE_STACK_DIR/dovecot/protocols.conf is rewritten to "protocols = imap"
+# (resp. "imap lmtp") and Dovecot is reloaded; the script waits until port
+# 2424 is closed (resp. answers).  While it is off Postfix's LMTP deliveries
+# are deferred with "Connection refused" and pile up in the deferred queue;
+# "start lmtp" (and "start dovecot") re-enable it and run "postqueue -f" so
+# the backlog is delivered immediately and Postfix forgets that the LMTP
+# destination was dead (otherwise new mail would be deferred with "delivery
+# temporarily suspended" for minimal_backoff_time = 1h).  Postfix's LMTP connection cache is disabled so no
+# cached connection outlives the stop.  IMAP and auth stay up meanwhile.
+# A Dovecot reload also replaces Dovecot's auth process, which would break
+# the auth connections that Postfix's smtpd processes keep open (next AUTH:
+# "454 4.7.0 ... Connection lost to authentication server"), so after every
+# Dovecot reload or start the script also runs "postfix reload" and waits for
+# the old smtpd processes to exit.
+# "stop dovecot" stops all of Dovecot (IMAP, LMTP, auth); "start dovecot"
+# keeps the current LMTP on/off state; "up" turns everything on.
+#
+# Unbound: only local data (zones example.test, good.test, badspf.test,
+# baddmarc.test, notlsrpt.test, nomx.test, dnsbl.test under a static "test."
+# zone, see gen_unbound); other .test names are NXDOMAIN and everything
+# outside .test is REFUSED ("local-zone: . refuse"), so it never recurses.
+#
+# Prometheus: scrape/evaluation interval 5s, rule_files
+# $MCE_STACK_DIR/prometheus/rules/*.yml, scrape job "mail" from file_sd
+# $MCE_STACK_DIR/prometheus/targets/*.json, alerts to 127.0.0.1:29093,
+# retention 2h, --web.enable-lifecycle (POST /-/reload after changes).
+# Alertmanager: one receiver "default" (webhook $MCE_WEBHOOK_URL,
+# send_resolved), group_by [alertname], group_wait/group_interval 1s,
+# repeat_interval 1m, clustering disabled.  Tests may rewrite its config and
+# POST /-/reload.
+#
+# stack.json (top-level keys):
+#   version, stack_dir, host ("127.0.0.1"), hostname ("mx1.example.test"),
+#   local_domains, users {address: password}, ports {smtp, smtp_expired,
+#   smtp_selfsigned, smtp_wronghost, submission, smtps, imap, imaps, lmtp,
+#   dovecot_auth, dns, prometheus, alertmanager, dead_relay},
+#   dead_relay {host, port}, dead_mx {hostname, host, port},
+#   certs {ca|valid|expired|selfsigned|wronghost: {cert, key, chain,
+#          not_before, not_after, subject_cn, sans}}  (timestamps: Unix seconds),
+#   postfix {config_dir, queue_dir, data_dir, log},
+#   dovecot {config, base_dir, log, users_file, mail_dir, home_dir, sieve_before},
+#   mail_dir, unbound {config, log, pid_file, host, port, zones},
+#   prometheus {url, config, rules_dir, targets_dir, data_dir, log},
+#   alertmanager {url, config, data_dir, log, webhook_url},
+#   logs {postfix, dovecot, unbound, prometheus, alertmanager},
+#   script (absolute path of this script).
+
+set -euo pipefail
+
+export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}"
+export LC_ALL=C
+umask 022
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+SCRIPT_PATH="$SCRIPT_DIR/$(basename -- "${BASH_SOURCE[0]}")"
+CERTS_HELPER="$SCRIPT_DIR/teststack_certs.py"
+
+STACK_DIR=${MCE_STACK_DIR:-/tmp/mce-teststack}
+WEBHOOK_URL=${MCE_WEBHOOK_URL:-http://127.0.0.1:10587/alertmanager}
+WAIT_TIMEOUT=${MCE_STACK_WAIT:-30}
+
+HOST=127.0.0.1
+MX_HOSTNAME=mx1.example.test
+PORT_SMTP=2525
+PORT_SMTP_EXPIRED=2526
+PORT_SMTP_SELFSIGNED=2527
+PORT_SMTP_WRONGHOST=2528
+PORT_SUBMISSION=2587
+PORT_SMTPS=2465
+PORT_IMAP=2143
+PORT_IMAPS=2993
+PORT_LMTP=2424
+PORT_AUTH=2499
+PORT_DNS=2053
+PORT_PROMETHEUS=29090
+PORT_ALERTMANAGER=29093
+PORT_DEAD_RELAY=2999
+
+VMAIL_USER=mcevmail
+USERS=(probe@example.test ops@example.test archive@archive.example.test replica@example.test)
+SERVICES=(postfix dovecot lmtp unbound prometheus alertmanager)
+PACKAGES=(postfix dovecot-imapd dovecot-lmtpd dovecot-sieve unbound prometheus prometheus-alertmanager openssl)
+BINARIES=(postfix postconf postqueue postsuper dovecot doveadm doveconf sievec unbound unbound-checkconf prometheus prometheus-alertmanager openssl python3)
+
+MARKER_NAME=.mce-teststack
+# Serialises up/down/start/stop of concurrent callers (e.g. pytest-xdist
+# workers).  Lives next to the stack dir because "up" wipes the stack dir.
+LOCK_FILE="${STACK_DIR%/}.lock"
+STACK_JSON="$STACK_DIR/stack.json"
+CERT_DIR="$STACK_DIR/certs"
+PF_DIR="$STACK_DIR/postfix"
+PF_ETC="$PF_DIR/etc"
+PF_SPOOL="$PF_DIR/spool"
+PF_DATA="$PF_DIR/data"
+PF_LOG="$PF_DIR/maillog"
+PF_START_LOG="$PF_DIR/start.log"
+DC_DIR="$STACK_DIR/dovecot"
+DC_CONF="$DC_DIR/dovecot.conf"
+DC_PROTOCOLS="$DC_DIR/protocols.conf"
+DC_RUN="$DC_DIR/run"
+DC_STATE="$DC_DIR/state"
+DC_LOG="$DC_DIR/dovecot.log"
+DC_START_LOG="$DC_DIR/start.log"
+DC_USERS="$DC_DIR/users"
+DC_SIEVE="$DC_DIR/sieve/before.sieve"
+MAIL_DIR="$STACK_DIR/mail"
+HOME_DIR="$STACK_DIR/home"
+UB_DIR="$STACK_DIR/unbound"
+UB_CONF="$UB_DIR/unbound.conf"
+UB_PID="$UB_DIR/unbound.pid"
+UB_LOG="$UB_DIR/unbound.log"
+UB_START_LOG="$UB_DIR/start.log"
+PROM_DIR="$STACK_DIR/prometheus"
+PROM_CONF="$PROM_DIR/prometheus.yml"
+PROM_DATA="$PROM_DIR/data"
+PROM_RULES="$PROM_DIR/rules"
+PROM_TARGETS="$PROM_DIR/targets"
+PROM_LOG="$PROM_DIR/prometheus.log"
+PROM_PID="$PROM_DIR/prometheus.pid"
+AM_DIR="$STACK_DIR/alertmanager"
+AM_CONF="$AM_DIR/alertmanager.yml"
+AM_DATA="$AM_DIR/data"
+AM_LOG="$AM_DIR/alertmanager.log"
+AM_PID="$AM_DIR/alertmanager.pid"
+
+# ----------------------------------------------------------------------------
+# helpers
+
+log() { printf 'teststack: %s\n' "$*" >&2; }
+die() { printf 'teststack: ERROR: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    sed -n '4,5p' "$SCRIPT_PATH" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+}
+
+# Take the stack lock on fd 9 (released when the script exits).  Every
+# command below that may leave a daemon behind closes fd 9 ("9>&-") so no
+# daemon inherits the lock.
+take_lock() {
+    exec 9>>"$LOCK_FILE"
+    flock -w 600 9 || die "could not get the lock $LOCK_FILE within 600s"
+}
+
+need_root() {
+    [[ $(id -u) -eq 0 ]] || die "this command must run as root"
+}
+
+check_stack_dir() {
+    [[ $STACK_DIR == /* ]] || die "MCE_STACK_DIR must be absolute: $STACK_DIR"
+    [[ $STACK_DIR =~ ^/[A-Za-z0-9._/-]+$ ]] || die "MCE_STACK_DIR may only contain [A-Za-z0-9._/-]: $STACK_DIR"
+    case "$STACK_DIR" in
+        / | /tmp | /tmp/ | /var | /etc | /usr | /root | /home) die "refusing to use $STACK_DIR as stack dir" ;;
+    esac
+}
+
+missing_binaries() {
+    local b
+    for b in "${BINARIES[@]}"; do
+        command -v "$b" >/dev/null 2>&1 || printf '%s\n' "$b"
+    done
+}
+
+require_binaries() {
+    local missing
+    missing=$(missing_binaries | tr '\n' ' ')
+    [[ -z $missing ]] || die "missing binaries: ${missing}- run: $SCRIPT_PATH install"
+    python3 -c 'import cryptography' 2>/dev/null ||
+        die "python3 cannot import 'cryptography' (pip install trustme/cryptography, or apt-get install python3-cryptography)"
+}
+
+# Print the log tail of a failed service.
+tail_log() {
+    local f
+    for f in "$@"; do
+        if [[ -s $f ]]; then
+            printf -- '----- last lines of %s -----\n' "$f" >&2
+            tail -n 25 "$f" >&2 || true
+        fi
+    done
+}
+
+# probe tcp HOST PORT | probe dns HOST PORT | probe http URL
+# Exit 0 if the thing answers properly.  Uses no proxies, only loopback.
+probe() {
+    python3 - "$@" <<'PY'
+import socket, struct, sys, urllib.request
+
+def tcp(host, port):
+    with socket.create_connection((host, int(port)), timeout=2):
+        return True
+
+def dns_query(qname, qtype=1):
+    q = struct.pack(">HHHHHH", 0x4D43, 0x0100, 1, 0, 0, 0)
+    for label in qname.rstrip(".").split("."):
+        q += bytes([len(label)]) + label.encode()
+    return q + b"\x00" + struct.pack(">HH", qtype, 1)
+
+def check_answer(resp):
+    ident, flags, qd, an = struct.unpack(">HHHH", resp[:8])
+    return ident == 0x4D43 and (flags & 0x8000) and (flags & 0x000F) == 0 and an >= 1
+
+def dns(host, port):
+    q = dns_query("mx1.example.test")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        s.sendto(q, (host, int(port)))
+        if not check_answer(s.recv(4096)):
+            return False
+    with socket.create_connection((host, int(port)), timeout=2) as s:
+        s.sendall(struct.pack(">H", len(q)) + q)
+        buf = b""
+        while len(buf) < 2 or len(buf) < 2 + struct.unpack(">H", buf[:2])[0]:
+            chunk = s.recv(4096)
+            if not chunk:
+                return False
+            buf += chunk
+        return check_answer(buf[2:])
+
+def http(url):
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(url, timeout=3) as r:
+        return r.status == 200
+
+try:
+    kind, args = sys.argv[1], sys.argv[2:]
+    ok = {"tcp": tcp, "dns": dns, "http": http}[kind](*args)
+except Exception:
+    ok = False
+sys.exit(0 if ok else 1)
+PY
+}
+
+# Print the pid from PIDFILE if that process is alive and its command line
+# mentions our stack dir (so we never act on a recycled pid or a system daemon).
+our_pid() {
+    local pidfile=$1 pid
+    [[ -r $pidfile ]] || return 1
+    pid=$(head -n 1 "$pidfile" 2>/dev/null | tr -dc '0-9')
+    # /proc instead of "kill -0", so that "status" also works for non-root
+    [[ -n $pid && -d /proc/$pid ]] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$STACK_DIR" || return 1
+    printf '%s\n' "$pid"
+}
+
+# wait_until DESCRIPTION "LOGFILES" COMMAND...
+wait_until() {
+    local desc=$1 logs=$2
+    shift 2
+    local deadline=$((SECONDS + WAIT_TIMEOUT))
+    while ! "$@"; do
+        if ((SECONDS >= deadline)); then
+            # shellcheck disable=SC2086  # logs is a space separated list
+            tail_log $logs
+            die "timed out after ${WAIT_TIMEOUT}s waiting for $desc"
+        fi
+        sleep 0.2
+    done
+}
+
+kill_pidfile() {
+    local pidfile=$1 name=$2 pid i
+    pid=$(our_pid "$pidfile") || { rm -f "$pidfile"; return 0; }
+    log "stopping $name (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.2
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "$name did not exit, sending SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+        sleep 0.2
+    fi
+    rm -f "$pidfile"
+}
+
+# tcp_listening PORT: is something listening on $HOST:PORT?  Reads
+# /proc/net/tcp instead of connecting, so status checks leave no
+# "connect from"/"lost connection" noise in the Postfix and Dovecot logs.
+tcp_listening() {
+    local want
+    want=$(printf '0100007F:%04X' "$1")
+    awk -v want="$want" '$2 == want && $4 == "0A" { found = 1 } END { exit !found }' /proc/net/tcp
+}
+tcp_closed() { ! tcp_listening "$1"; }
+
+# ----------------------------------------------------------------------------
+# service checks
+
+# Print the pid of our Postfix master: the pid in our queue's pid/master.pid
+# if that is a live "master" process.  (Not "postfix status": that logs a
+# line each time it runs.)
+postfix_master_pid() {
+    local pid
+    [[ -r $PF_SPOOL/pid/master.pid ]] || return 1
+    pid=$(head -n 1 "$PF_SPOOL/pid/master.pid" 2>/dev/null | tr -dc '0-9')
+    [[ -n $pid && -d /proc/$pid ]] || return 1
+    [[ $(cat "/proc/$pid/comm" 2>/dev/null) == master ]] || return 1
+    printf '%s\n' "$pid"
+}
+postfix_running() {
+    postfix_master_pid >/dev/null && return 0
+    # Non-root cannot read master.pid (mode 0600); "status" then relies on the
+    # listening ports (checked by postfix_up) plus the pid file's existence.
+    [[ $(id -u) -ne 0 && -e $PF_SPOOL/pid/master.pid && ! -r $PF_SPOOL/pid/master.pid ]]
+}
+
+# pids of the smtpd processes of our Postfix master
+postfix_smtpd_pids() {
+    local mpid=$1 f comm st
+    for f in /proc/[0-9]*; do
+        read -r comm <"$f/comm" 2>/dev/null || continue
+        [[ $comm == smtpd ]] || continue
+        read -r -a st <"$f/stat" 2>/dev/null || continue
+        [[ ${st[3]:-} == "$mpid" ]] && printf '%s\n' "${st[0]}"
+    done
+    return 0
+}
+
+# Postfix's smtpd keeps its connection to Dovecot's auth service open.  After
+# Dovecot was restarted or reloaded that connection is (or, ~5 s later when
+# Dovecot kills the old auth process, becomes) dead and the next AUTH in that
+# smtpd fails with "454 4.7.0 Temporary authentication failure: Connection lost
+# to authentication server".  "postfix reload" replaces the idle smtpd
+# processes; wait (bounded) until the old ones are gone.
+postfix_refresh_sasl() {
+    local mpid pid i busy
+    local -a old=()
+    mpid=$(postfix_master_pid) || return 0
+    mapfile -t old < <(postfix_smtpd_pids "$mpid")
+    postfix -c "$PF_ETC" reload </dev/null >>"$PF_START_LOG" 2>&1 9>&- || die "postfix -c $PF_ETC reload failed"
+    for ((i = 0; i < 50; i++)); do
+        busy=0
+        for pid in "${old[@]}"; do
+            kill -0 "$pid" 2>/dev/null && busy=1
+        done
+        ((busy)) || return 0
+        sleep 0.1
+    done
+    log "note: some smtpd processes are still serving clients after postfix reload"
+}
+# After an LMTP/Dovecot outage: deliver the deferred backlog now instead of
+# after the (long) retry interval, and clear qmgr's "dead destination" state
+# (otherwise new mail for the local domains would be deferred with "delivery
+# temporarily suspended" for minimal_backoff_time).
+postfix_retry_deferred() {
+    if postfix_running; then
+        postqueue -c "$PF_ETC" -f </dev/null >/dev/null 2>&1 9>&- || true
+    fi
+}
+
+postfix_ports_up() {
+    local p
+    for p in $PORT_SMTP $PORT_SMTP_EXPIRED $PORT_SMTP_SELFSIGNED $PORT_SMTP_WRONGHOST $PORT_SUBMISSION $PORT_SMTPS; do
+        tcp_listening "$p" || return 1
+    done
+}
+postfix_up() { postfix_running && postfix_ports_up; }
+
+dovecot_running() {
+    our_pid "$DC_RUN/master.pid" >/dev/null && return 0
+    # Non-root cannot read master.pid (mode 0600): look for our master process.
+    [[ $(id -u) -ne 0 ]] || return 1
+    local f
+    local -a args
+    for f in /proc/[0-9]*/cmdline; do
+        mapfile -d '' -t args <"$f" 2>/dev/null || continue
+        [[ ${args[0]:-} == *dovecot && "${args[*]:1}" == "-c $DC_CONF" ]] && return 0
+    done
+    return 1
+}
+dovecot_ports_up() {
+    local p
+    for p in $PORT_IMAP $PORT_IMAPS $PORT_AUTH; do
+        tcp_listening "$p" || return 1
+    done
+}
+dovecot_up() { dovecot_running && dovecot_ports_up; }
+
+lmtp_enabled() { [[ -f $DC_PROTOCOLS ]] && grep -qw lmtp "$DC_PROTOCOLS"; }
+lmtp_up() { dovecot_running && tcp_listening "$PORT_LMTP"; }
+
+unbound_up() { our_pid "$UB_PID" >/dev/null && probe dns "$HOST" "$PORT_DNS"; }
+prometheus_up() { our_pid "$PROM_PID" >/dev/null && probe http "http://$HOST:$PORT_PROMETHEUS/-/ready"; }
+alertmanager_up() { our_pid "$AM_PID" >/dev/null && probe http "http://$HOST:$PORT_ALERTMANAGER/-/ready"; }
+
+service_up() { "${1}_up"; }
+
+any_running() {
+    postfix_running || dovecot_running || our_pid "$UB_PID" >/dev/null ||
+        our_pid "$PROM_PID" >/dev/null || our_pid "$AM_PID" >/dev/null
+}
+
+all_up() {
+    local s
+    for s in "${SERVICES[@]}"; do
+        service_up "$s" || return 1
+    done
+}
+
+# ----------------------------------------------------------------------------
+# install
+
+cmd_install() {
+    need_root
+    local missing
+    missing=$(missing_binaries | grep -v '^python3$' || true)
+    if [[ -z $missing ]]; then
+        log "all binaries present, skipping apt"
+    else
+        log "missing: $(echo "$missing" | tr '\n' ' ')- installing packages"
+        export DEBIAN_FRONTEND=noninteractive
+        printf '%s\n' \
+            'postfix postfix/main_mailer_type select No configuration' \
+            "postfix postfix/mailname string $MX_HOSTNAME" | debconf-set-selections
+        # Keep the package scripts from starting the system-wide daemons.
+        local policy=/usr/sbin/policy-rc.d created_policy=
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy"
+            chmod 0755 "$policy"
+            created_policy=1
+            # shellcheck disable=SC2064  # expand now
+            trap "rm -f '$policy'" EXIT
+        fi
+        if ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null; then
+            apt-get update
+        fi
+        if ! apt-get install -y --no-install-recommends "${PACKAGES[@]}"; then
+            apt-get update
+            apt-get install -y --no-install-recommends "${PACKAGES[@]}"
+        fi
+        if [[ -n $created_policy ]]; then
+            rm -f "$policy"
+            trap - EXIT
+        fi
+        missing=$(missing_binaries | tr '\n' ' ')
+        [[ -z $missing ]] || die "still missing after install: $missing"
+    fi
+    python3 -c 'import cryptography' 2>/dev/null ||
+        log "WARNING: python3 cannot import 'cryptography' (needed by teststack_certs.py); pip install trustme"
+    return 0
+}
+
+# ----------------------------------------------------------------------------
+# generation
+
+prepare_stack_dir() {
+    if [[ -e $STACK_DIR ]]; then
+        [[ -d $STACK_DIR ]] || die "$STACK_DIR exists and is not a directory"
+        if [[ -n $(ls -A "$STACK_DIR") && ! -e $STACK_DIR/$MARKER_NAME ]]; then
+            die "$STACK_DIR is not empty and was not created by this script (no $MARKER_NAME); refusing to wipe it"
+        fi
+        rm -rf --one-file-system "$STACK_DIR"
+    fi
+    mkdir -p "$STACK_DIR"
+    chown root:root "$STACK_DIR"
+    chmod 0755 "$STACK_DIR"
+    : >"$STACK_DIR/$MARKER_NAME"
+    mkdir -p "$CERT_DIR" "$PF_ETC" "$DC_DIR" "$DC_RUN" "$DC_STATE" "$DC_DIR/sieve" \
+        "$UB_DIR" "$PROM_DIR" "$PROM_DATA" "$PROM_RULES" "$PROM_TARGETS" "$AM_DIR" "$AM_DATA"
+    mkdir -p "$MAIL_DIR" "$HOME_DIR"
+    chown "$VMAIL_USER:$VMAIL_USER" "$MAIL_DIR" "$HOME_DIR"
+    chmod 0755 "$MAIL_DIR" "$HOME_DIR"
+}
+
+ensure_vmail_user() {
+    if ! getent passwd "$VMAIL_USER" >/dev/null; then
+        log "creating system user $VMAIL_USER"
+        useradd --system --user-group --no-create-home --home-dir /nonexistent \
+            --shell /usr/sbin/nologin --comment "mail-continuity-exporter test mail" "$VMAIL_USER"
+    fi
+}
+
+gen_certs() {
+    python3 "$CERTS_HELPER" "$CERT_DIR" >/dev/null
+    local k
+    for k in "$CERT_DIR"/*.key; do
+        [[ $(basename "$k") == ca.key ]] && continue
+        chgrp postfix "$k"
+        chmod 0640 "$k"
+    done
+}
+
+gen_passwords() {
+    local u
+    : >"$DC_USERS"
+    chmod 0640 "$DC_USERS"
+    chgrp dovecot "$DC_USERS"
+    for u in "${USERS[@]}"; do
+        printf '%s:{PLAIN}%s::::::\n' "$u" "$(openssl rand -hex 12)" >>"$DC_USERS"
+    done
+}
+
+register_alternate_config_dir() {
+    # Unprivileged postqueue/postdrop only accept "-c DIR" when DIR is listed
+    # in the default instance's alternate_config_directories.  The default
+    # instance itself is never started.
+    local main=/etc/postfix/main.cf cur d
+    if [[ ! -f $main ]]; then
+        mkdir -p /etc/postfix
+        cat >"$main" <<EOF
+# Minimal main.cf created by mail-continuity-exporter scripts/teststack.sh.
+# The default Postfix instance is not used or started by the test stack; this
+# file only exists so alternate_config_directories can be declared.
+compatibility_level = 3.6
+EOF
+    fi
+    cur=$(postconf -c /etc/postfix -h alternate_config_directories 2>/dev/null || true)
+    for d in ${cur//,/ }; do
+        [[ $d == "$PF_ETC" ]] && return 0
+    done
+    postconf -c /etc/postfix -e "alternate_config_directories = ${cur:+$cur, }$PF_ETC"
+}
+
+gen_postfix() {
+    local c="$CERT_DIR" u
+    cat >"$PF_ETC/main.cf" <<EOF
+# Generated by teststack.sh - private Postfix instance for tests.
+compatibility_level = 3.6
+queue_directory = $PF_SPOOL
+data_directory = $PF_DATA
+mail_owner = postfix
+setgid_group = postdrop
+syslog_name = postfix-mce
+maillog_file = $PF_LOG
+maillog_file_prefixes = /var, /dev/stdout, $STACK_DIR
+
+myhostname = $MX_HOSTNAME
+mydomain = example.test
+myorigin = \$myhostname
+mydestination =
+inet_interfaces = $HOST
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+relay_domains =
+relayhost = [$HOST]:$PORT_DEAD_RELAY
+smtp_dns_support_level = disabled
+lmtp_dns_support_level = disabled
+smtpd_peername_lookup = no
+biff = no
+append_dot_mydomain = no
+recipient_delimiter = +
+alias_maps =
+alias_database =
+local_recipient_maps =
+local_transport = error:5.1.1 local delivery is disabled in the test stack
+
+virtual_mailbox_domains = example.test, archive.example.test
+virtual_mailbox_maps = texthash:\$config_directory/virtual_mailboxes
+virtual_alias_maps =
+virtual_transport = lmtp:inet:$HOST:$PORT_LMTP
+lmtp_connection_cache_on_demand = no
+lmtp_tls_security_level = none
+smtp_tls_security_level = none
+
+smtpd_banner = \$myhostname ESMTP mce-teststack
+smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, defer_unauth_destination
+smtpd_recipient_restrictions = check_recipient_access texthash:\$config_directory/recipient_access
+smtpd_tls_security_level = may
+smtpd_tls_cert_file = $c/valid-chain.pem
+smtpd_tls_key_file = $c/valid.key
+smtpd_tls_loglevel = 1
+smtpd_tls_received_header = yes
+smtpd_tls_auth_only = yes
+smtpd_sasl_auth_enable = no
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = inet:$HOST:$PORT_AUTH
+
+maximal_queue_lifetime = 5d
+bounce_queue_lifetime = 5d
+queue_run_delay = 1h
+minimal_backoff_time = 1h
+maximal_backoff_time = 4h
+delay_warning_time = 0h
+EOF
+
+    local bad name port
+    {
+        printf '# Generated by teststack.sh.  All services unchrooted.\n'
+        printf '# service type  private unpriv  chroot  wakeup  maxproc command\n'
+        printf '%s:%s inet n - n - - smtpd\n' "$HOST" "$PORT_SMTP"
+        for bad in "expired $PORT_SMTP_EXPIRED" "selfsigned $PORT_SMTP_SELFSIGNED" "wronghost $PORT_SMTP_WRONGHOST"; do
+            read -r name port <<<"$bad"
+            printf '%s:%s inet n - n - - smtpd\n' "$HOST" "$port"
+            printf '  -o syslog_name=postfix-mce/%s\n' "$name"
+            printf '  -o smtpd_tls_cert_file=%s/%s-chain.pem\n' "$c" "$name"
+            printf '  -o smtpd_tls_key_file=%s/%s.key\n' "$c" "$name"
+        done
+        printf '%s:%s inet n - n - - smtpd\n' "$HOST" "$PORT_SUBMISSION"
+        printf '  -o syslog_name=postfix-mce/submission\n'
+        printf '  -o smtpd_tls_security_level=encrypt\n'
+        printf '  -o smtpd_sasl_auth_enable=yes\n'
+        printf '  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject\n'
+        printf '%s:%s inet n - n - - smtpd\n' "$HOST" "$PORT_SMTPS"
+        printf '  -o syslog_name=postfix-mce/smtps\n'
+        printf '  -o smtpd_tls_wrappermode=yes\n'
+        printf '  -o smtpd_sasl_auth_enable=yes\n'
+        printf '  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject\n'
+        cat <<'EOF'
+pickup     unix  n       -       n       60      1       pickup
+cleanup    unix  n       -       n       -       0       cleanup
+qmgr       unix  n       -       n       300     1       qmgr
+tlsmgr     unix  -       -       n       1000?   1       tlsmgr
+rewrite    unix  -       -       n       -       -       trivial-rewrite
+bounce     unix  -       -       n       -       0       bounce
+defer      unix  -       -       n       -       0       bounce
+trace      unix  -       -       n       -       0       bounce
+verify     unix  -       -       n       -       1       verify
+flush      unix  n       -       n       1000?   0       flush
+proxymap   unix  -       -       n       -       -       proxymap
+proxywrite unix  -       -       n       -       1       proxymap
+smtp       unix  -       -       n       -       -       smtp
+relay      unix  -       -       n       -       -       smtp
+showq      unix  n       -       n       -       -       showq
+error      unix  -       -       n       -       -       error
+retry      unix  -       -       n       -       -       error
+discard    unix  -       -       n       -       -       discard
+local      unix  -       n       n       -       -       local
+virtual    unix  -       n       n       -       -       virtual
+lmtp       unix  -       -       n       -       -       lmtp
+anvil      unix  -       -       n       -       1       anvil
+scache     unix  -       -       n       -       1       scache
+postlog    unix-dgram n  -       n       -       1       postlogd
+EOF
+    } >"$PF_ETC/master.cf"
+
+    cat >"$PF_ETC/recipient_access" <<'EOF'
+tempfail@example.test 450 4.2.0 try later
+reject@example.test 554 5.7.1 no
+EOF
+    : >"$PF_ETC/virtual_mailboxes"
+    for u in "${USERS[@]}"; do
+        printf '%s OK\n' "$u" >>"$PF_ETC/virtual_mailboxes"
+    done
+
+    mkdir -p "$PF_SPOOL" "$PF_DATA"
+    chown root:root "$PF_DIR" "$PF_ETC" "$PF_SPOOL"
+    chmod 0755 "$PF_DIR" "$PF_ETC" "$PF_SPOOL"
+    chown postfix:postfix "$PF_DATA"
+    chmod 0700 "$PF_DATA"
+
+    register_alternate_config_dir
+    # "check" runs post-install create-missing (queue subdirectories with the
+    # right owners: postfix, postdrop for maildrop/public) and then warns about
+    # permission problems.
+    local out
+    if ! out=$(postfix -c "$PF_ETC" check 2>&1); then
+        printf '%s\n' "$out" >&2
+        die "postfix -c $PF_ETC check failed"
+    fi
+    [[ -z $out ]] || printf '%s\n' "$out" >"$PF_DIR/check.log"
+}
+
+gen_dovecot() {
+    local uid gid dh_line=""
+    uid=$(id -u "$VMAIL_USER")
+    gid=$(id -g "$VMAIL_USER")
+    [[ -r /usr/share/dovecot/dh.pem ]] && dh_line="ssl_dh = </usr/share/dovecot/dh.pem"
+
+    printf 'protocols = imap lmtp\n' >"$DC_PROTOCOLS"
+    cat >"$DC_CONF" <<EOF
+# Generated by teststack.sh - private Dovecot instance for tests.
+!include $DC_PROTOCOLS
+instance_name = mce-teststack
+base_dir = $DC_RUN
+state_dir = $DC_STATE
+listen = $HOST
+log_path = $DC_LOG
+log_timestamp = "%Y-%m-%d %H:%M:%S.%{usecs} "
+shutdown_clients = yes
+
+ssl = yes
+ssl_cert = <$CERT_DIR/valid-chain.pem
+ssl_key = <$CERT_DIR/valid.key
+$dh_line
+ssl_min_protocol = TLSv1.2
+
+# Plaintext auth only on "secured" connections.  Dovecot counts loopback
+# connections as secured, so plain LOGIN on 2143 works without STARTTLS here.
+disable_plaintext_auth = yes
+auth_mechanisms = plain login
+auth_username_format = %Lu
+
+first_valid_uid = $uid
+last_valid_uid = $uid
+first_valid_gid = $gid
+last_valid_gid = $gid
+mail_uid = $uid
+mail_gid = $gid
+mail_location = maildir:$MAIL_DIR/%d/%n
+mail_privileged_group =
+# Fast, penalty-free auth failures: tests do wrong-password logins from
+# 127.0.0.1 and must not slow down later logins (anvil auth penalty is
+# disabled by making its socket unusable, as documented by Dovecot).
+auth_failure_delay = 0 secs
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
+
+passdb {
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%Lu $DC_USERS
+}
+userdb {
+  driver = static
+  args = uid=$uid gid=$gid home=$HOME_DIR/%Ld/%Ln
+}
+
+namespace inbox {
+  inbox = yes
+  mailbox Junk {
+    auto = subscribe
+    special_use = \\Junk
+  }
+}
+
+# IDLE: inotify-driven notifications, plus a 1 s fallback poll.
+imap_idle_notify_interval = 10 secs
+mailbox_idle_check_interval = 1 secs
+
+recipient_delimiter = +
+lmtp_save_to_detail_mailbox = no
+lda_mailbox_autocreate = yes
+postmaster_address = postmaster@example.test
+hostname = $MX_HOSTNAME
+
+service imap-login {
+  inet_listener imap {
+    address = $HOST
+    port = $PORT_IMAP
+  }
+  inet_listener imaps {
+    address = $HOST
+    port = $PORT_IMAPS
+    ssl = yes
+  }
+}
+
+service lmtp {
+  inet_listener lmtp {
+    address = $HOST
+    port = $PORT_LMTP
+  }
+}
+
+service auth {
+  inet_listener auth-postfix {
+    address = $HOST
+    port = $PORT_AUTH
+  }
+}
+
+protocol lmtp {
+  mail_plugins = \$mail_plugins sieve
+}
+
+plugin {
+  sieve_before = $DC_SIEVE
+}
+EOF
+
+    cat >"$DC_SIEVE" <<'EOF'
+require ["fileinto", "mailbox"];
+if header :is "X-Test-Junk" "yes" {
+  fileinto :create "Junk";
+  stop;
+}
+EOF
+    sievec "$DC_SIEVE" || die "sievec failed for $DC_SIEVE"
+    chmod 0644 "$DC_DIR"/sieve/*
+    doveconf -c "$DC_CONF" -n >"$DC_DIR/doveconf.txt" 2>&1 || {
+        tail_log "$DC_DIR/doveconf.txt"
+        die "doveconf rejected $DC_CONF"
+    }
+}
+
+gen_unbound() {
+    local zones="$UB_DIR/zones.conf" d
+    {
+        printf '# Generated by teststack.sh - local zones\n'
+        printf 'local-zone: "test." static\n'
+        printf 'local-data: "test. 300 IN SOA ns.test. hostmaster.test. 1 3600 600 86400 60"\n'
+        # example.test: MX 10 mx1 (real Postfix on 127.0.0.1:2525), MX 20 mx2 (dead, 127.0.0.2)
+        printf 'local-data: "example.test. 300 IN MX 10 mx1.example.test."\n'
+        printf 'local-data: "example.test. 300 IN MX 20 mx2.example.test."\n'
+        printf 'local-data: "mx1.example.test. 300 IN A 127.0.0.1"\n'
+        printf 'local-data: "mx2.example.test. 300 IN A 127.0.0.2"\n'
+        printf 'local-data: "imap.example.test. 300 IN A 127.0.0.1"\n'
+        for d in good.test badspf.test baddmarc.test notlsrpt.test; do
+            printf 'local-data: "%s. 300 IN MX 10 mx1.example.test."\n' "$d"
+            printf "local-data: '%s. 300 IN TXT \"v=spf1 ip4:127.0.0.1 -all\"'\n" "$d"
+            if [[ $d == badspf.test ]]; then
+                printf "local-data: '%s. 300 IN TXT \"v=spf1 ip4:127.0.0.2 ~all\"'\n" "$d"
+            fi
+            if [[ $d == baddmarc.test ]]; then
+                printf "local-data: '_dmarc.%s. 300 IN TXT \"v=DMARC1; rua=mailto:x@%s\"'\n" "$d" "$d"
+            else
+                printf "local-data: '_dmarc.%s. 300 IN TXT \"v=DMARC1; p=reject; rua=mailto:dmarc@%s\"'\n" "$d" "$d"
+            fi
+            printf "local-data: '_mta-sts.%s. 300 IN TXT \"v=STSv1; id=20260101T000000;\"'\n" "$d"
+            if [[ $d != notlsrpt.test ]]; then
+                printf "local-data: '_smtp._tls.%s. 300 IN TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@%s\"'\n" "$d" "$d"
+            fi
+            printf "local-data: 'mail._domainkey.%s. 300 IN TXT \"v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQC+r9FShU66RtbcPlIkGqn5tHrxrtbxct7bNv6NZp/kAUN1LVqXapg1CezeUoL6VlCNUri8Rhwd1pm+zr07yai2A7l83iH153bwhK5QpwCBHg2wSyzTQqYSDd3Yjlm5r6kyAjFquYKqHZllbGhlsENqgTZmR+PKovczYbE1RJ9HGQIDAQAB\"'\n" "$d"
+        done
+        printf 'local-data: "nomx.test. 300 IN A 127.0.0.1"\n'
+        # DNSBL: 127.0.0.2 listed, 127.0.0.3 answers with an error code, 127.0.0.1 not listed
+        printf 'local-data: "2.0.0.127.dnsbl.test. 300 IN A 127.0.0.2"\n'
+        printf "local-data: '2.0.0.127.dnsbl.test. 300 IN TXT \"listed for test\"'\n"
+        printf 'local-data: "3.0.0.127.dnsbl.test. 300 IN A 127.255.255.254"\n'
+    } >"$zones"
+
+    cat >"$UB_CONF" <<EOF
+# Generated by teststack.sh - private Unbound instance, local data only.
+server:
+    verbosity: 1
+    interface: $HOST
+    port: $PORT_DNS
+    do-ip4: yes
+    do-ip6: no
+    do-udp: yes
+    do-tcp: yes
+    access-control: 127.0.0.0/8 allow
+    chroot: ""
+    username: ""
+    directory: "$UB_DIR"
+    pidfile: "$UB_PID"
+    logfile: "$UB_LOG"
+    use-syslog: no
+    log-time-ascii: yes
+    do-daemonize: yes
+    num-threads: 1
+    module-config: "iterator"
+    # Never recurse: anything outside the local zones is refused, and the
+    # outgoing interface is loopback anyway.
+    outgoing-interface: $HOST
+    local-zone: "." refuse
+    include: "$zones"
+remote-control:
+    control-enable: no
+EOF
+    unbound-checkconf "$UB_CONF" >"$UB_DIR/checkconf.log" 2>&1 || {
+        tail_log "$UB_DIR/checkconf.log"
+        die "unbound-checkconf rejected $UB_CONF"
+    }
+}
+
+gen_prometheus() {
+    cat >"$PROM_CONF" <<EOF
+# Generated by teststack.sh.  Tests drop file_sd target files into
+# $PROM_TARGETS and rule files into $PROM_RULES, then POST /-/reload.
+global:
+  scrape_interval: 5s
+  scrape_timeout: 4s
+  evaluation_interval: 5s
+rule_files:
+  - "$PROM_RULES/*.yml"
+alerting:
+  alertmanagers:
+    - static_configs:
+        - targets: ["$HOST:$PORT_ALERTMANAGER"]
+scrape_configs:
+  - job_name: mail
+    file_sd_configs:
+      - files: ["$PROM_TARGETS/*.json"]
+        refresh_interval: 5s
+EOF
+    if command -v promtool >/dev/null 2>&1; then
+        promtool check config "$PROM_CONF" >"$PROM_DIR/check.log" 2>&1 || {
+            tail_log "$PROM_DIR/check.log"
+            die "promtool rejected $PROM_CONF"
+        }
+    fi
+}
+
+gen_alertmanager() {
+    local url_json
+    url_json=$(python3 -c 'import json,sys; print(json.dumps(sys.argv[1]))' "$WEBHOOK_URL")
+    cat >"$AM_CONF" <<EOF
+# Generated by teststack.sh.  Tests may rewrite this file and POST /-/reload.
+route:
+  receiver: default
+  group_by: ["alertname"]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1m
+receivers:
+  - name: default
+    webhook_configs:
+      - url: $url_json
+        send_resolved: true
+EOF
+    if command -v amtool >/dev/null 2>&1; then
+        amtool check-config "$AM_CONF" >"$AM_DIR/check.log" 2>&1 || {
+            tail_log "$AM_DIR/check.log"
+            die "amtool rejected $AM_CONF"
+        }
+    fi
+}
+
+write_stack_json() {
+    local tmp="$STACK_JSON.tmp"
+    STACK_DIR="$STACK_DIR" SCRIPT_PATH="$SCRIPT_PATH" WEBHOOK_URL="$WEBHOOK_URL" \
+        DC_USERS="$DC_USERS" CERT_DIR="$CERT_DIR" UB_DIR="$UB_DIR" \
+        python3 - "$tmp" <<'PY'
+import json, os, sys
+d = os.environ["STACK_DIR"]
+host = "127.0.0.1"
+users = {}
+with open(os.environ["DC_USERS"]) as fh:
+    for line in fh:
+        user, pw = line.split(":")[:2]
+        users[user] = pw.replace("{PLAIN}", "", 1)
+with open(os.path.join(os.environ["CERT_DIR"], "certs.json")) as fh:
+    certs = json.load(fh)
+ports = {
+    "smtp": 2525, "smtp_expired": 2526, "smtp_selfsigned": 2527, "smtp_wronghost": 2528,
+    "submission": 2587, "smtps": 2465, "imap": 2143, "imaps": 2993, "lmtp": 2424,
+    "dovecot_auth": 2499, "dns": 2053, "prometheus": 29090, "alertmanager": 29093,
+    "dead_relay": 2999,
+}
+logs = {
+    "postfix": f"{d}/postfix/maillog",
+    "dovecot": f"{d}/dovecot/dovecot.log",
+    "unbound": f"{d}/unbound/unbound.log",
+    "prometheus": f"{d}/prometheus/prometheus.log",
+    "alertmanager": f"{d}/alertmanager/alertmanager.log",
+}
+data = {
+    "version": 1,
+    "stack_dir": d,
+    "script": os.environ["SCRIPT_PATH"],
+    "host": host,
+    "hostname": "mx1.example.test",
+    "local_domains": ["example.test", "archive.example.test"],
+    "users": users,
+    "ports": ports,
+    "dead_relay": {"host": host, "port": 2999},
+    "dead_mx": {"hostname": "mx2.example.test", "host": "127.0.0.2", "port": 2525},
+    "certs": certs,
+    "postfix": {
+        "config_dir": f"{d}/postfix/etc",
+        "queue_dir": f"{d}/postfix/spool",
+        "data_dir": f"{d}/postfix/data",
+        "log": logs["postfix"],
+    },
+    "dovecot": {
+        "config": f"{d}/dovecot/dovecot.conf",
+        "base_dir": f"{d}/dovecot/run",
+        "log": logs["dovecot"],
+        "users_file": os.environ["DC_USERS"],
+        "mail_dir": f"{d}/mail",
+        "home_dir": f"{d}/home",
+        "sieve_before": f"{d}/dovecot/sieve/before.sieve",
+    },
+    "mail_dir": f"{d}/mail",
+    "unbound": {
+        "config": f"{d}/unbound/unbound.conf",
+        "log": logs["unbound"],
+        "pid_file": f"{d}/unbound/unbound.pid",
+        "host": host,
+        "port": 2053,
+        "zones": ["example.test", "good.test", "badspf.test", "baddmarc.test",
+                  "notlsrpt.test", "nomx.test", "dnsbl.test"],
+    },
+    "prometheus": {
+        "url": f"http://{host}:29090",
+        "config": f"{d}/prometheus/prometheus.yml",
+        "rules_dir": f"{d}/prometheus/rules",
+        "targets_dir": f"{d}/prometheus/targets",
+        "data_dir": f"{d}/prometheus/data",
+        "log": logs["prometheus"],
+    },
+    "alertmanager": {
+        "url": f"http://{host}:29093",
+        "config": f"{d}/alertmanager/alertmanager.yml",
+        "data_dir": f"{d}/alertmanager/data",
+        "log": logs["alertmanager"],
+        "webhook_url": os.environ["WEBHOOK_URL"],
+    },
+    "logs": logs,
+}
+with open(sys.argv[1], "w") as fh:
+    json.dump(data, fh, indent=2, sort_keys=True)
+    fh.write("\n")
+PY
+    chmod 0644 "$tmp"
+    mv -f "$tmp" "$STACK_JSON"
+}
+
+# ----------------------------------------------------------------------------
+# start / stop per service
+
+start_postfix() {
+    if ! postfix_running; then
+        log "starting postfix"
+        postfix -c "$PF_ETC" start </dev/null >>"$PF_START_LOG" 2>&1 9>&- || {
+            tail_log "$PF_START_LOG" "$PF_LOG"
+            die "postfix -c $PF_ETC start failed"
+        }
+    fi
+    wait_until "postfix ports" "$PF_START_LOG $PF_LOG" postfix_ports_up
+}
+
+stop_postfix() {
+    if postfix_running; then
+        log "stopping postfix"
+        postfix -c "$PF_ETC" stop </dev/null >>"$PF_START_LOG" 2>&1 9>&- || true
+    fi
+    wait_until "postfix to stop" "$PF_START_LOG $PF_LOG" tcp_closed "$PORT_SMTP"
+}
+
+start_dovecot() {
+    local started=
+    if ! dovecot_running; then
+        log "starting dovecot"
+        dovecot -c "$DC_CONF" </dev/null >>"$DC_START_LOG" 2>&1 9>&- || {
+            tail_log "$DC_START_LOG" "$DC_LOG"
+            die "dovecot -c $DC_CONF failed to start"
+        }
+        started=1
+    fi
+    wait_until "dovecot ports" "$DC_START_LOG $DC_LOG" dovecot_ports_up
+    if lmtp_enabled; then
+        wait_until "dovecot lmtp port" "$DC_START_LOG $DC_LOG" tcp_listening "$PORT_LMTP"
+    fi
+    if [[ -n $started ]]; then
+        postfix_refresh_sasl
+        postfix_retry_deferred
+    fi
+}
+
+# Reload Dovecot after protocols.conf changed.
+reload_dovecot() {
+    doveadm -c "$DC_CONF" reload </dev/null >>"$DC_START_LOG" 2>&1 9>&- || {
+        tail_log "$DC_START_LOG" "$DC_LOG"
+        die "doveadm -c $DC_CONF reload failed"
+    }
+}
+
+stop_dovecot() {
+    local pid
+    if pid=$(our_pid "$DC_RUN/master.pid"); then
+        log "stopping dovecot (pid $pid)"
+        doveadm -c "$DC_CONF" stop </dev/null >>"$DC_START_LOG" 2>&1 9>&- || kill -TERM "$pid" 2>/dev/null || true
+        local i
+        for ((i = 0; i < 100; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "dovecot did not exit, sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait_until "dovecot to stop" "$DC_LOG" tcp_closed "$PORT_IMAP"
+}
+
+start_lmtp() {
+    printf 'protocols = imap lmtp\n' >"$DC_PROTOCOLS"
+    if dovecot_running; then
+        if ! tcp_listening "$PORT_LMTP"; then
+            log "enabling dovecot lmtp"
+            reload_dovecot
+            wait_until "dovecot lmtp port" "$DC_START_LOG $DC_LOG" tcp_listening "$PORT_LMTP"
+            postfix_refresh_sasl
+        fi
+    else
+        start_dovecot
+    fi
+    postfix_retry_deferred
+}
+
+stop_lmtp() {
+    printf 'protocols = imap\n' >"$DC_PROTOCOLS"
+    if dovecot_running && tcp_listening "$PORT_LMTP"; then
+        log "disabling dovecot lmtp"
+        reload_dovecot
+        wait_until "dovecot lmtp port to close" "$DC_LOG" tcp_closed "$PORT_LMTP"
+        postfix_refresh_sasl
+    fi
+    wait_until "dovecot lmtp port to close" "$DC_LOG" tcp_closed "$PORT_LMTP"
+}
+
+start_unbound() {
+    if ! our_pid "$UB_PID" >/dev/null; then
+        log "starting unbound"
+        rm -f "$UB_PID"
+        unbound -c "$UB_CONF" </dev/null >>"$UB_START_LOG" 2>&1 9>&- || {
+            tail_log "$UB_START_LOG" "$UB_LOG"
+            die "unbound failed to start"
+        }
+    fi
+    wait_until "unbound on $HOST:$PORT_DNS" "$UB_START_LOG $UB_LOG" unbound_up
+}
+
+stop_unbound() { kill_pidfile "$UB_PID" unbound; }
+
+# spawn_daemon PIDFILE LOGFILE COMMAND... : start a non-forking daemon in its
+# own session, detached from our stdio, and record its pid.
+spawn_daemon() {
+    local pidfile=$1 logfile=$2
+    shift 2
+    rm -f "$pidfile"
+    # shellcheck disable=SC2016  # $$ must expand in the inner shell
+    setsid bash -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" </dev/null >>"$logfile" 2>&1 9>&- &
+    local i
+    for ((i = 0; i < 50; i++)); do
+        [[ -s $pidfile ]] && return 0
+        sleep 0.1
+    done
+    die "could not start $1"
+}
+
+start_prometheus() {
+    if ! our_pid "$PROM_PID" >/dev/null; then
+        log "starting prometheus"
+        spawn_daemon "$PROM_PID" "$PROM_LOG" prometheus \
+            --config.file="$PROM_CONF" \
+            --storage.tsdb.path="$PROM_DATA" \
+            --storage.tsdb.retention.time=2h \
+            --web.listen-address="$HOST:$PORT_PROMETHEUS" \
+            --web.enable-lifecycle
+    fi
+    wait_until "prometheus /-/ready" "$PROM_LOG" prometheus_up
+}
+
+stop_prometheus() { kill_pidfile "$PROM_PID" prometheus; }
+
+start_alertmanager() {
+    if ! our_pid "$AM_PID" >/dev/null; then
+        log "starting alertmanager"
+        spawn_daemon "$AM_PID" "$AM_LOG" prometheus-alertmanager \
+            --config.file="$AM_CONF" \
+            --storage.path="$AM_DATA" \
+            --web.listen-address="$HOST:$PORT_ALERTMANAGER" \
+            --cluster.listen-address=
+    fi
+    wait_until "alertmanager /-/ready" "$AM_LOG" alertmanager_up
+}
+
+stop_alertmanager() { kill_pidfile "$AM_PID" alertmanager; }
+
+start_all() {
+    start_unbound
+    start_dovecot
+    start_lmtp
+    start_postfix
+    start_alertmanager
+    start_prometheus
+}
+
+stop_all() {
+    stop_prometheus
+    stop_alertmanager
+    stop_postfix
+    stop_dovecot
+    stop_unbound
+}
+
+# ----------------------------------------------------------------------------
+# commands
+
+cmd_up() {
+    need_root
+    require_binaries
+    if [[ -f $STACK_JSON ]] && all_up; then
+        log "stack already up ($STACK_DIR)"
+        echo "up: already-up"
+        return 0
+    fi
+    if [[ -f $STACK_JSON && -f $STACK_DIR/$MARKER_NAME ]] && any_running; then
+        log "stack partially up, starting the missing services"
+        start_all
+        log "stack up ($STACK_JSON)"
+        echo "up: repaired"
+        return 0
+    fi
+    if [[ -d $STACK_DIR ]] && any_running; then
+        log "stopping leftovers of an incomplete stack"
+        stop_all
+    fi
+    log "generating stack in $STACK_DIR"
+    ensure_vmail_user
+    prepare_stack_dir
+    gen_certs
+    gen_passwords
+    gen_postfix
+    gen_dovecot
+    gen_unbound
+    gen_prometheus
+    gen_alertmanager
+    start_all
+    write_stack_json
+    log "stack up ($STACK_JSON)"
+    echo "up: created"
+}
+
+cmd_down() {
+    need_root
+    if [[ ! -d $STACK_DIR ]]; then
+        log "no stack dir $STACK_DIR, nothing to do"
+        return 0
+    fi
+    stop_all
+    rm -f "$STACK_JSON"
+    log "stack down"
+}
+
+cmd_status() {
+    local s rc=0 state
+    for s in "${SERVICES[@]}"; do
+        if service_up "$s"; then
+            state=up
+        else
+            state=down
+            rc=1
+        fi
+        printf '%-13s %s\n' "$s" "$state"
+    done
+    if [[ ! -f $STACK_JSON ]]; then
+        printf '%-13s %s\n' stack.json missing
+        rc=1
+    fi
+    return "$rc"
+}
+
+valid_service() {
+    local s
+    for s in "${SERVICES[@]}"; do
+        [[ $s == "$1" ]] && return 0
+    done
+    die "unknown service '$1' (expected one of: ${SERVICES[*]})"
+}
+
+main() {
+    [[ $# -ge 1 ]] || usage
+    check_stack_dir
+    case "$1" in
+        install) cmd_install ;;
+        up)
+            need_root
+            take_lock
+            cmd_up
+            ;;
+        down)
+            need_root
+            take_lock
+            cmd_down
+            ;;
+        status) cmd_status ;;
+        restart-postfix)
+            need_root
+            take_lock
+            stop_postfix
+            start_postfix
+            ;;
+        stop | start)
+            [[ $# -eq 2 ]] || usage
+            need_root
+            valid_service "$2"
+            take_lock
+            [[ -f $STACK_DIR/$MARKER_NAME ]] || die "no stack in $STACK_DIR (run: $SCRIPT_PATH up)"
+            "${1}_${2}"
+            ;;
+        -h | --help | help) usage ;;
+        *) usage ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,548 @@
+"""TLS inspection and the stream plumbing shared by the SMTP and IMAP probers.
+
+What lives here:
+
+* **Contexts.** :func:`client_context` builds (and caches) an ``ssl.SSLContext`` from
+  :class:`~exporter.config.TLSSettings`.  Host name checking is always *off* in the
+  context: OpenSSL only verifies the chain, and :func:`hostname_matches` checks the
+  name on the leaf ourselves, so that the two verdicts are reported separately
+  (``mail_tls_cert_chain_valid``, ``mail_tls_cert_hostname_valid``).
+* **The leaf, always.**  ``mail_tls_cert_expiry_timestamp_seconds`` must exist even for
+  an expired, self-signed or wrong-host certificate.  Python 3.11 cannot hand us the
+  peer certificate of a handshake that failed verification, so
+  :func:`dial_with_leaf_fallback` redoes the dialog up to the handshake with a
+  non-verifying context when the first handshake is rejected, and reads the leaf there.
+  Both attempts run inside the caller's one overall timeout.
+* **Pure inspection.** :func:`inspect_leaf` parses a DER certificate with
+  ``cryptography``: notAfter, subject, issuer and the RFC 6125 host name verdict.
+* **Streams.** :class:`ProbeRun` is one run of a prober: it owns the sink labels,
+  phase timings, the redacted transcript, the single failure record and every
+  connection it opened (all aborted when the run ends, also on cancellation).
+  :func:`read_line` reads one bounded line and turns every low-level error into a
+  :class:`ProbeFailure` with a reason from :data:`exporter.model.REASONS`.
+
+Host name rules (:func:`hostname_matches`):
+
+* IP address targets match only ``iPAddress`` SANs (never a DNS SAN or the CN).
+* DNS names match the ``dNSName`` SANs, case-insensitively, trailing dot ignored,
+  non-ASCII names compared as IDNA A-labels.  The subject CN is consulted only when
+  the certificate has no ``dNSName`` SAN at all (RFC 6125 section 6.4.4).
+* A wildcard is honoured only as the whole leftmost label (``*.example.com``) of a
+  pattern with at least three labels; it matches exactly one label.  Partial-label
+  wildcards (``f*.example.com``) and wildcards elsewhere never match.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LINE_LIMIT",
+    "CertRejected",
+    "Conn",
+    "LeafInfo",
+    "ProbeFailure",
+    "ProbeRun",
+    "TLSReport",
+    "client_context",
+    "dial_with_leaf_fallback",
+    "hostname_matches",
+    "inspect_leaf",
+    "printable",
+    "read_exactly",
+    "read_line",
+]
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import TypeVar
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from exporter.config import TLSSettings
+from exporter.model import Sink
+from exporter.secrets import REDACTED, redact
+
+#: Longest line (including CRLF) a prober accepts from a server.  A longer line is a
+#: protocol failure, so that a garbage flood cannot grow a buffer without bound.
+LINE_LIMIT = 8192
+
+#: How long a prober waits, at most, for the server's answer to QUIT/LOGOUT and for a
+#: graceful close.  The probe has already succeeded by then; this only bounds the
+#: politeness.
+CLOSE_WAIT = 1.0
+
+#: Characters of server text kept in a transcript line or a failure message.
+_TEXT_KEEP = 200
+
+_TLS_VERSIONS: dict[str, ssl.TLSVersion] = {
+    "TLS1.0": ssl.TLSVersion.TLSv1,
+    "TLS1.1": ssl.TLSVersion.TLSv1_1,
+    "TLS1.2": ssl.TLSVersion.TLSv1_2,
+    "TLS1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class ProbeFailure(Exception):
+    """A target misbehaved: ``reason`` is one of :data:`exporter.model.REASONS`.
+
+    Internal to the probers: :meth:`ProbeRun.fail` turns it into exactly one
+    ``sink.fail`` call at the prober boundary.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+class CertRejected(Exception):
+    """The TLS handshake failed certificate verification (the chain, not the host name)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+# --- contexts ----------------------------------------------------------------------------------
+
+
+def client_context(settings: TLSSettings, *, verify: bool) -> ssl.SSLContext:
+    """A client context for ``settings``; ``verify=False`` gives one that accepts any chain.
+
+    Contexts are cached (loading a trust store costs milliseconds); the CA file's
+    modification time is part of the key so that a rotated CA bundle is picked up.
+    Raises ``OSError``/``ssl.SSLError`` when ``ca_file`` cannot be loaded.
+    """
+    mtime = 0
+    if verify and settings.ca_file:
+        mtime = os.stat(settings.ca_file).st_mtime_ns
+    return _context(verify, settings.ca_file if verify else None, mtime, settings.min_version)
+
+
+@lru_cache(maxsize=64)
+def _context(verify: bool, ca_file: str | None, _mtime: int, min_version: str | None) -> ssl.SSLContext:
+    if verify:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+        ctx.check_hostname = False  # we check the name ourselves: see hostname_matches
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if min_version is not None:
+        ctx.minimum_version = _TLS_VERSIONS[min_version]
+    return ctx
+
+
+# --- certificate inspection ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LeafInfo:
+    """What a prober reports about the server's leaf certificate."""
+
+    not_after: float  # Unix time
+    not_before: float
+    hostname_ok: bool
+    subject: str
+    issuer: str
+
+    @property
+    def self_signed(self) -> bool:
+        return self.subject == self.issuer
+
+
+def inspect_leaf(der: bytes, hostname: str) -> LeafInfo:
+    """Parse a DER leaf certificate and check it against ``hostname`` (pure; no I/O).
+
+    Raises ``ValueError`` when ``der`` is not a certificate.
+    """
+    cert = x509.load_der_x509_certificate(der)
+    return LeafInfo(
+        not_after=cert.not_valid_after_utc.timestamp(),
+        not_before=cert.not_valid_before_utc.timestamp(),
+        hostname_ok=hostname_matches(cert, hostname),
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+    )
+
+
+def hostname_matches(cert: x509.Certificate, hostname: str) -> bool:
+    """Whether ``cert`` is valid for ``hostname`` (DNS name or IP address); see the module doc."""
+    host = hostname.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        san: x509.SubjectAlternativeName | None = cert.extensions.get_extension_for_class(
+            x509.SubjectAlternativeName
+        ).value
+    except x509.ExtensionNotFound:
+        san = None
+    except ValueError:  # a malformed extension: trust nothing in it
+        return False
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return san is not None and ip in san.get_values_for_type(x509.IPAddress)
+    name = _a_label(host)
+    if name is None:
+        return False
+    patterns = san.get_values_for_type(x509.DNSName) if san is not None else []
+    if not patterns:
+        patterns = [
+            cn.value if isinstance(cn.value, str) else ""
+            for cn in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        ]
+    return any(_dns_match(pattern, name) for pattern in patterns)
+
+
+def _a_label(name: str) -> str | None:
+    name = name.rstrip(".").lower()
+    if not name:
+        return None
+    if name.isascii():
+        return name
+    try:
+        return name.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+
+
+def _dns_match(pattern: str, host: str) -> bool:
+    pat = _a_label(pattern)
+    if pat is None:
+        return False
+    if "*" not in pat:
+        return pat == host
+    labels = pat.split(".")
+    if labels[0] != "*" or any("*" in label for label in labels[1:]) or len(labels) < 3:
+        return False
+    host_labels = host.split(".")
+    return len(host_labels) == len(labels) and host_labels[0] != "" and host_labels[1:] == labels[1:]
+
+
+@dataclass(frozen=True, slots=True)
+class TLSReport:
+    """The TLS facts of one handshake, as reported in the metrics."""
+
+    version: str
+    chain_valid: bool
+    chain_error: str  # why the chain did not verify; "" when it did
+    leaf: LeafInfo | None  # None when the server sent no parsable certificate
+    hostname: str
+
+    @property
+    def hostname_valid(self) -> bool:
+        return self.leaf is not None and self.leaf.hostname_ok
+
+    @property
+    def valid(self) -> bool:
+        return self.chain_valid and self.hostname_valid
+
+    def problem(self) -> str:
+        """A short description of why the certificate is invalid ("" when it is valid)."""
+        if not self.chain_valid:
+            return f"certificate chain does not verify: {self.chain_error}"
+        if self.leaf is None:
+            return "no parsable server certificate"
+        if not self.leaf.hostname_ok:
+            return f"certificate does not match host name {self.hostname!r} (subject {self.leaf.subject})"
+        return ""
+
+
+# --- connections -----------------------------------------------------------------------------------
+
+
+def printable(data: bytes | str, keep: int = _TEXT_KEEP) -> str:
+    """Server text made safe for a transcript or a message: no control characters, bounded."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    text = text.rstrip("\r\n")
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text[: keep + 1])
+    return cleaned if len(cleaned) <= keep else cleaned[:keep] + "..."
+
+
+async def read_line(reader: asyncio.StreamReader, step: str) -> bytes:
+    """One line (with its line ending), at most :data:`LINE_LIMIT` bytes.
+
+    ``reader`` must have been created with ``limit=LINE_LIMIT`` (as
+    :meth:`ProbeRun.connect` does), so that an endless line is never buffered whole.
+
+    Raises :class:`ProbeFailure`: ``protocol`` for a closed connection, an overlong
+    line or a reset, ``tls`` for a TLS error, ``timeout`` for a socket-level timeout.
+    """
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError:
+        raise ProbeFailure("protocol", f"{step}: connection closed by the server") from None
+    except asyncio.LimitOverrunError:
+        raise ProbeFailure("protocol", f"{step}: line longer than {LINE_LIMIT} bytes") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise _io_failure(step, exc) from None
+    if len(line) > LINE_LIMIT:
+        raise ProbeFailure("protocol", f"{step}: line longer than {LINE_LIMIT} bytes")
+    return line
+
+
+async def read_exactly(reader: asyncio.StreamReader, n: int, step: str) -> bytes:
+    """Exactly ``n`` bytes; the same failures as :func:`read_line`."""
+    try:
+        return await reader.readexactly(n)
+    except asyncio.IncompleteReadError:
+        raise ProbeFailure("protocol", f"{step}: connection closed by the server") from None
+    except (OSError, ssl.SSLError) as exc:
+        raise _io_failure(step, exc) from None
+
+
+def _io_failure(step: str, exc: BaseException) -> ProbeFailure:
+    if isinstance(exc, ssl.SSLError):
+        return ProbeFailure("tls", f"{step}: TLS error: {_ssl_text(exc)}")
+    if isinstance(exc, TimeoutError):
+        return ProbeFailure("timeout", f"{step}: timed out")
+    if isinstance(exc, OSError):
+        return ProbeFailure("protocol", f"{step}: connection lost: {exc.strerror or type(exc).__name__}")
+    return ProbeFailure("protocol", f"{step}: {type(exc).__name__}")
+
+
+def _ssl_text(exc: ssl.SSLError) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return str(exc.verify_message)
+    return str(exc.reason or exc.strerror or type(exc).__name__)
+
+
+@dataclass(eq=False)
+class Conn:
+    """One connection of a probe; created by :meth:`ProbeRun.connect`."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    tls_version: str | None = None  # set once a handshake succeeded
+    peer_der: bytes | None = None
+
+    async def send(self, data: bytes, step: str) -> None:
+        try:
+            self.writer.write(data)
+            await self.writer.drain()
+        except (OSError, ssl.SSLError) as exc:
+            raise _io_failure(step, exc) from None
+
+    async def start_tls(self, ctx: ssl.SSLContext, server_hostname: str, step: str) -> None:
+        """Handshake on this connection; raises :class:`CertRejected` or :class:`ProbeFailure` (tls)."""
+        try:
+            await self.writer.start_tls(ctx, server_hostname=server_hostname)
+        except ssl.SSLCertVerificationError as exc:
+            raise CertRejected(_ssl_text(exc)) from None
+        except ssl.SSLError as exc:
+            raise ProbeFailure("tls", f"{step}: TLS handshake failed: {_ssl_text(exc)}") from None
+        except TimeoutError:
+            raise ProbeFailure("timeout", f"{step}: TLS handshake timed out") from None
+        except (OSError, EOFError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else "connection closed"
+            raise ProbeFailure("tls", f"{step}: TLS handshake failed: {detail}") from None
+        obj = self.writer.get_extra_info("ssl_object")
+        version = None
+        if isinstance(obj, ssl.SSLObject | ssl.SSLSocket):
+            self.peer_der = obj.getpeercert(binary_form=True)
+            version = obj.version()
+        self.tls_version = version or "unknown"
+
+    def abort(self) -> None:
+        """Drop the connection now (also cuts short a pending graceful TLS shutdown)."""
+        self.writer.transport.abort()
+
+    async def close(self) -> None:
+        """Close politely, waiting at most :data:`CLOSE_WAIT`; abort if that does not finish."""
+        try:
+            self.writer.close()
+            async with asyncio.timeout(CLOSE_WAIT):
+                await self.writer.wait_closed()
+        except (OSError, ssl.SSLError, TimeoutError):
+            pass
+        finally:
+            self.abort()
+
+
+_C = TypeVar("_C")
+
+
+class ProbeRun:
+    """The bookkeeping of one probe run: labels, phases, transcript, the failure, connections.
+
+    The caller owns the overall timeout.  Every connection opened through
+    :meth:`connect` is aborted in :meth:`finish` (call it in ``finally``), so a
+    cancelled probe leaves no socket behind.
+    """
+
+    def __init__(
+        self, protocol: str, up_family: str, target: str, *, sink: Sink, log: logging.Logger, check: str
+    ) -> None:
+        self.protocol = protocol
+        self.up_family = up_family
+        self.target = target
+        self.sink = sink
+        self.log = log
+        self.check = check
+        self.record_phases = True
+        self._conns: list[Conn] = []
+        self._scrub: list[str] = []
+        self.failed = False
+
+    # metrics ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.sink.init_failures(self.protocol, self.check, self.target)
+        self.sink.gauge(self.up_family, 0, check=self.check, target=self.target)
+
+    def succeed(self) -> None:
+        self.sink.gauge(self.up_family, 1, check=self.check, target=self.target)
+
+    def phase(self, name: str, started: float) -> None:
+        """Record a completed phase that started at ``started`` (``time.monotonic()``)."""
+        if self.record_phases:
+            self.sink.gauge(
+                "mail_probe_phase_duration_seconds",
+                time.monotonic() - started,
+                protocol=self.protocol,
+                check=self.check,
+                target=self.target,
+                phase=name,
+            )
+
+    def fail(self, failure: ProbeFailure) -> None:
+        """Record the run's one failure."""
+        if self.failed:  # the probers call this once by construction; never count twice
+            return
+        self.failed = True
+        message = self.clean(failure.message)
+        self.log.debug(
+            "probe failed",
+            extra={"check": self.check, "target": self.target, "reason": failure.reason, "error": message},
+        )
+        self.sink.fail(failure.reason, message, protocol=self.protocol, check=self.check, target=self.target)
+
+    def emit_tls(self, report: TLSReport) -> None:
+        labels = {"protocol": self.protocol, "check": self.check, "target": self.target}
+        if report.leaf is not None:
+            self.sink.gauge("mail_tls_cert_expiry_timestamp_seconds", report.leaf.not_after, **labels)
+        self.sink.gauge("mail_tls_cert_chain_valid", int(report.chain_valid), **labels)
+        self.sink.gauge("mail_tls_cert_hostname_valid", int(report.hostname_valid), **labels)
+        self.sink.gauge("mail_tls_cert_valid", int(report.valid), **labels)
+        self.sink.gauge("mail_tls_version_info", 1, version=report.version, **labels)
+
+    # transcript ----------------------------------------------------------------------------
+    def add_scrub(self, *values: str) -> None:
+        """Strings (credential encodings) to remove from every transcript line and message."""
+        self._scrub.extend(v for v in values if len(v) >= 3)
+
+    def clean(self, text: str) -> str:
+        for value in self._scrub:
+            if value in text:
+                text = text.replace(value, REDACTED)
+        return redact(text)
+
+    def trace(self, line: str) -> None:
+        if self.sink.transcript is not None:
+            self.sink.trace(self.clean(line))
+
+    # connections --------------------------------------------------------------------------
+    async def connect(self, host: str, port: int) -> Conn:
+        """Open a TCP connection (phase ``connect``, name resolution included)."""
+        started = time.monotonic()
+        try:
+            reader, writer = await asyncio.open_connection(host, port, limit=LINE_LIMIT)
+        except socket.gaierror as exc:
+            raise ProbeFailure("dns", f"connect: cannot resolve {host}: {exc.strerror}") from None
+        except UnicodeError:  # the IDNA codec rejects the name before any query is sent
+            raise ProbeFailure("dns", f"connect: invalid host name {host!r}") from None
+        except ConnectionRefusedError:
+            raise ProbeFailure("refused", f"connect: connection refused by {host} port {port}") from None
+        except TimeoutError:
+            raise ProbeFailure("timeout", f"connect: timed out connecting to {host} port {port}") from None
+        except OSError as exc:
+            # unreachable network or host, address not available: no connection was made
+            raise ProbeFailure("refused", f"connect: {exc.strerror or type(exc).__name__}") from None
+        conn = Conn(reader, writer)
+        self._conns.append(conn)
+        self.phase("connect", started)
+        self.trace(f"-- connected to {host} port {port}")
+        return conn
+
+    def finish(self) -> None:
+        """Abort every connection still open (synchronous: safe while being cancelled)."""
+        for conn in self._conns:
+            conn.abort()
+        self._conns.clear()
+
+
+async def dial_with_leaf_fallback(
+    run: ProbeRun,
+    dial: Callable[[ssl.SSLContext], Awaitable[_C]],
+    conn_of: Callable[[_C], Conn],
+    tls: TLSSettings,
+    hostname: str,
+) -> _C:
+    """Run ``dial`` (connect up to and including the TLS handshake) and report TLS.
+
+    ``dial`` is called with a verifying context.  If that handshake rejects the
+    certificate chain, the rejected connection is dropped and ``dial`` runs again with a
+    non-verifying context, only to learn the leaf; phases of that second dial are
+    recorded only when the probe continues on it (``tls.verify`` is false).
+
+    Emits the TLS metrics whenever a handshake happened.  Raises :class:`ProbeFailure`
+    (``tls``) when ``tls.verify`` is set and the certificate is invalid.  When ``dial``
+    returns a connection without TLS (STARTTLS optional and not offered), nothing is
+    emitted.
+    """
+    try:
+        ctx = client_context(tls, verify=True)
+    except (OSError, ssl.SSLError) as exc:
+        raise ProbeFailure("tls", f"tls: cannot load ca_file: {exc}") from None
+    chain_error = ""
+    try:
+        result = await dial(ctx)
+    except CertRejected as exc:
+        chain_error = exc.message
+        run.finish()
+        run.trace(f"-- certificate chain rejected ({chain_error}); reconnecting without verification to read it")
+        run.record_phases = not tls.verify
+        try:
+            result = await dial(client_context(tls, verify=False))
+        except (ProbeFailure, CertRejected) as again:
+            if tls.verify or isinstance(again, CertRejected):
+                raise ProbeFailure("tls", f"tls: certificate chain does not verify: {chain_error}") from None
+            raise
+        finally:
+            run.record_phases = True
+    conn = conn_of(result)
+    if conn.tls_version is None:
+        return result
+    leaf: LeafInfo | None = None
+    if conn.peer_der:
+        try:
+            leaf = inspect_leaf(conn.peer_der, hostname)
+        except ValueError:
+            leaf = None
+    report = TLSReport(
+        version=conn.tls_version,
+        chain_valid=not chain_error,
+        chain_error=chain_error,
+        leaf=leaf,
+        hostname=hostname,
+    )
+    run.emit_tls(report)
+    if not report.valid:
+        run.trace(f"-- {report.problem()}")
+        if tls.verify:
+            raise ProbeFailure("tls", f"tls: {report.problem()}")
+    return result

@@ -1,0 +1,121 @@
+"""Generic queue sources: a directory glob, and a command that prints a number.
+
+``directory``: the regular files matching ``<path>/<pattern>`` (``glob``, with
+``**`` for any depth) are the messages: count, total ``st_size`` and the age of
+the oldest by mtime (right for a Maildir ``new/`` or a spool whose files are
+written once; wrong for Postfix's deferred queue, which has its own reader).
+Emits ``mail_queue_messages``, ``_size_bytes``, ``_oldest_message_age_seconds`` and
+the age histogram with ``queue`` set to the source's ``queue``.
+
+``command``: runs an argv list (never a shell) and expects one number on stdout,
+such as ``exim -bpc`` or ``ls | wc -l`` wrapped in a script.  Only
+``mail_queue_messages`` is emitted.  A non-zero exit (``command``) or anything but
+one non-negative integer (``parse``) fails the read; when the read is cancelled
+(its timeout) the process is killed.
+"""
+
+from __future__ import annotations
+
+__all__ = ["OUTPUT_LIMIT", "parse_count", "read_command", "read_directory", "scan_directory"]
+
+import asyncio
+import contextlib
+import glob
+import logging
+import os
+import stat
+import time
+
+from exporter.config import CommandQueue, DirectoryQueue
+from exporter.queues import QueueReadError, QueueStats
+
+#: Bytes of a command's stdout considered (a number is short).
+OUTPUT_LIMIT = 4096
+
+
+def scan_directory(path: str, pattern: str, queue: str, deadline: float) -> QueueStats:
+    """Count the files matching ``pattern`` under ``path`` (blocking; run in a thread)."""
+    if not os.path.isdir(path):
+        if os.path.exists(path):
+            raise QueueReadError("unavailable", f"not a directory: {path}")
+        raise QueueReadError("unavailable", f"no such directory: {path}")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise QueueReadError("permission", f"cannot read {path}")
+    stats = QueueStats((queue,))
+    n = 0
+    for match in glob.iglob(os.path.join(glob.escape(path), pattern), recursive=True):
+        n += 1
+        if not n & 0xFF and time.monotonic() > deadline:
+            raise QueueReadError("timeout", "directory scan ran out of time")
+        try:
+            st = os.stat(match)
+        except FileNotFoundError:
+            continue  # removed while scanning
+        if stat.S_ISREG(st.st_mode):
+            stats.add(queue, st.st_mtime, st.st_size)
+    return stats
+
+
+async def read_directory(cfg: DirectoryQueue, log: logging.Logger, deadline: float) -> QueueStats:
+    return await asyncio.to_thread(scan_directory, cfg.path, cfg.pattern, cfg.queue, deadline)
+
+
+def parse_count(output: bytes) -> int:
+    """The single non-negative integer a command printed.  Raises ``QueueReadError("parse")``."""
+    text = output.decode("utf-8", "replace").strip()
+    fields = text.split()
+    if len(fields) != 1:
+        shown = text[:60] or "nothing"
+        raise QueueReadError("parse", f"expected one number, got {shown!r}")
+    word = fields[0]
+    try:
+        value = float(word)
+    except ValueError:
+        raise QueueReadError("parse", f"expected a number, got {word[:60]!r}") from None
+    if not value.is_integer() or value < 0:
+        raise QueueReadError("parse", f"expected a non-negative whole number, got {word[:60]!r}")
+    return int(value)
+
+
+async def _bounded(stream: asyncio.StreamReader) -> bytes:
+    """Read a stream to its end (so the command never blocks on a full pipe), keeping
+    at most ``OUTPUT_LIMIT + 1`` bytes."""
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        if len(kept) <= OUTPUT_LIMIT:
+            kept += chunk[: OUTPUT_LIMIT + 1 - len(kept)]
+    return bytes(kept)
+
+
+async def read_command(cfg: CommandQueue, log: logging.Logger) -> QueueStats:
+    argv = list(cfg.command)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except FileNotFoundError as exc:
+        raise QueueReadError("command", f"command not found: {argv[0]}") from exc
+    except PermissionError as exc:
+        raise QueueReadError("permission", f"cannot run {argv[0]}: {exc.strerror}") from exc
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        out, err = await asyncio.gather(_bounded(proc.stdout), _bounded(proc.stderr))
+        rc = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    if rc != 0:
+        first = err.decode("utf-8", "replace").strip().splitlines()
+        why = first[0][:200] if first else "no message"
+        raise QueueReadError("command", f"{argv[0]} exited with status {rc}: {why}")
+    if len(out) > OUTPUT_LIMIT:
+        raise QueueReadError("parse", f"expected one number, got more than {OUTPUT_LIMIT} bytes")
+    stats = QueueStats((cfg.queue,))
+    stats.set_count(cfg.queue, parse_count(out))
+    log.debug("queue command read", extra={"kv": {"source": cfg.name}})
+    return stats

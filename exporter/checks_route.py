@@ -1,0 +1,59 @@
+"""Route checks: one end-to-end delivery probe per configured route (see :mod:`exporter.roundtrip`)."""
+
+from __future__ import annotations
+
+__all__ = ["route_check", "route_grace"]
+
+import logging
+
+from exporter import config as cfgmod
+from exporter.model import Sink
+from exporter.roundtrip.route import Route
+from exporter.scheduler import Check
+
+#: Slack beyond the run's own bounds, so that the run (not the scheduler) always ends it.
+_SLACK = 1.0
+
+
+def route_grace(g: cfgmod.GlobalConfig) -> float:
+    """Time a run may take beyond ``route.timeout``: connecting to the mailbox, sending
+    the probe and the last search at the deadline, each bounded by ``global.timeout``."""
+    return 3 * g.timeout + _SLACK
+
+
+def route_check(route: cfgmod.RouteConfig, g: cfgmod.GlobalConfig) -> Check:
+    """A check of kind ``route`` named after the route; its counters live in the route's state."""
+    _prewarm_tls(route)
+    runner = Route(
+        route,
+        imap_timeout=g.timeout,
+        send_timeout=g.timeout,
+        log=logging.getLogger("exporter.route"),
+    )
+
+    def on_timeout(check: Check, sink: Sink) -> None:
+        runner.on_timeout(sink)
+
+    return Check(
+        "route",
+        route.name,
+        route.interval,
+        route.timeout + route_grace(g),
+        route,
+        runner.run,
+        on_timeout=on_timeout,
+        state=runner.state,
+    )
+
+
+def _prewarm_tls(route: cfgmod.RouteConfig) -> None:
+    """Build the TLS contexts now: loading a trust store takes ~50 ms, which would
+    otherwise stall the event loop (and /metrics) during the route's first run."""
+    from exporter.probers.tlsinfo import client_context
+
+    for tls, settings in ((route.send.tls, route.send.tls_config), (route.receive.tls, route.receive.tls_config)):
+        if tls != "none":
+            try:
+                client_context(settings, verify=settings.verify)
+            except (OSError, ValueError):
+                pass  # an unreadable ca_file is reported by the run itself, as reason "tls"

@@ -1,0 +1,677 @@
+"""The :class:`Continuity` object the exporter owns: store, webhook, figures, sources, reconciliation.
+
+- **Webhook** (``POST /alertmanager``, :meth:`Continuity.handle_webhook`): authentication
+  (bearer token or basic auth, compared in constant time), content type (JSON, else 415),
+  size (``webhook.max_body_bytes``, else 413), validation (else 400, and nothing is
+  written), then one durable store transaction; 200 only after its commit, 503 when the
+  store fails (Alertmanager retries 5xx answers, not 4xx ones).
+- **Figures** are recomputed from the store in the background, shortly after a change
+  (at most once a second) and every :data:`REFRESH_INTERVAL` seconds, and published to
+  the snapshot under ``continuity/incidents`` and ``continuity/figures``.  Objectives
+  (RTO, RPO, targets, maintenance) go under ``continuity/objectives``, recomputed after
+  every backup or replica reading too.  A scrape never touches the store.
+- **Sources** are scheduler checks: kind ``backup`` (name ``dataset/backup``), kind
+  ``replica`` (``dataset/replica``) and kind ``reconcile`` (``alertmanager``), so each has
+  the usual ``mail_exporter_check_*`` self-metrics and a row on the status page.
+- **Check outages**: a scheduler listener counts consecutive failed runs of the checks a
+  service lists in ``check_outages``; at ``check_outage_threshold`` it records an outage
+  starting at the first failed run, which ends when a run of that check succeeds.
+"""
+
+from __future__ import annotations
+
+__all__ = ["REFRESH_INTERVAL", "WEBHOOK_RESULTS", "Continuity", "status_section"]
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import hmac
+import html
+import logging
+import math
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import ClientError, ClientSession, ClientTimeout, web
+
+from exporter import config as cfgmod
+from exporter.continuity import figures
+from exporter.continuity.figures import RECOVERY_BUCKETS, WINDOWS
+from exporter.continuity.incidents import (
+    SEVERITIES,
+    AlertEvent,
+    Changes,
+    Classifier,
+    MaintenanceSpan,
+    events_from_notification,
+    parse_maintenance,
+    severity_of,
+)
+from exporter.continuity.sources import SourceError, measure_canary, read_backup, read_command_lag
+from exporter.continuity.store import SqliteStore, Store, Summary
+from exporter.continuity.webhook import format_time, parse_active_alerts, parse_notification
+from exporter.errors import StoreError, WebhookError
+from exporter.model import CheckState, Sample, Sink, histogram_samples
+from exporter.scheduler import Check, RunRecord
+from exporter.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from exporter.app import Exporter
+
+log = logging.getLogger("exporter.continuity")
+
+#: Seconds between two recomputations of the figures when nothing changes.
+REFRESH_INTERVAL = 15.0
+#: Least time between two recomputations (a burst of notifications costs one).
+MIN_REFRESH_GAP = 1.0
+#: How long before the oldest window the store is read (incidents that started earlier still count).
+HORIZON = WINDOWS[-1][1] + figures.DAY
+#: ``result`` label values of mail_webhook_notifications_total.
+WEBHOOK_RESULTS = ("accepted", "invalid", "too_large", "unsupported_media_type", "unauthorized", "error")
+#: Alertmanager API request time limit.
+RECONCILE_TIMEOUT = 30.0
+#: Extra time the scheduler gives an IMAP canary beyond its own timeout (connect, login, cleanup).
+CANARY_GRACE = 15.0
+
+
+@dataclass
+class _BackupState:
+    timestamp: float | None
+    good: bool
+
+
+@dataclass
+class _ReplicaState:
+    lag: float | None
+    healthy: bool
+
+
+@dataclass
+class _Outage:
+    streak: int = 0
+    first_failure: float = 0.0
+    open: tuple[str, int, float] | None = None  # (fingerprint, starts_ms, starts_at) while recorded
+
+
+def _source_names(items: Sequence[cfgmod.BackupConfig] | Sequence[cfgmod.ReplicaConfig]) -> list[str]:
+    """Label values for a dataset's sources: the configured name, else the type (numbered if repeated)."""
+    types = [i.type for i in items]
+    out: list[str] = []
+    for i, item in enumerate(items):
+        name = item.name or (item.type if types.count(item.type) == 1 else f"{item.type}-{i}")
+        while name in out:
+            name = f"{name}-{i}"
+        out.append(name)
+    return out
+
+
+class Continuity:
+    """Incidents, figures and objectives for the configured services and datasets."""
+
+    def __init__(self, storage_path: str, snapshot: Snapshot, *, store: Store | None = None) -> None:
+        self.snapshot = snapshot
+        self.store: Store = store if store is not None else SqliteStore(storage_path, writer="process")
+        self.config: cfgmod.Config | None = None
+        self.classifier = Classifier((), ())
+        self.maintenance: tuple[MaintenanceSpan, ...] = ()
+        self.summary: Summary | None = None
+        self.summary_time = 0.0
+        self._backups: dict[tuple[str, str], _BackupState] = {}
+        self._replicas: dict[tuple[str, str], _ReplicaState] = {}
+        self._outages: dict[tuple[str, str, str], _Outage] = {}
+        self._webhook = dict.fromkeys(WEBHOOK_RESULTS, 0)
+        self._webhook_publish: asyncio.TimerHandle | None = None
+        self._dirty: asyncio.Event | None = None
+        self._refresh_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.reconcile_state = "not configured"
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def open(self, cfg: cfgmod.Config) -> None:
+        """Open the store, take ``cfg`` and start the background refresh.  Raises StoreError."""
+        await self.store.open()
+        self.apply_config(cfg)
+        for fingerprint, starts_ms, starts_at in await self.store.firing_check_outages():
+            key = _outage_key(fingerprint)
+            if key is not None:
+                self._outages[key] = _Outage(open=(fingerprint, starts_ms, starts_at))
+        self._dirty = asyncio.Event()
+        self._publish_webhook()
+        await self.refresh()
+        self._refresh_task = asyncio.create_task(self._refresh_loop(), name="continuity:refresh")
+
+    async def close(self) -> None:
+        if self._refresh_task is not None:
+            self._refresh_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresh_task
+            self._refresh_task = None
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5.0)
+        if self._webhook_publish is not None:
+            self._webhook_publish.cancel()
+        await self.store.close()
+
+    def apply_config(self, cfg: cfgmod.Config) -> None:
+        """Swap in a new config (called only once it has loaded and its checks were built)."""
+        c = cfg.continuity
+        self.maintenance = parse_maintenance(c.maintenance)
+        self.classifier = Classifier(c.services, self.maintenance)
+        self.config = cfg
+        datasets = {(d.name, n) for d in c.datasets for n in _source_names(d.backups) + _source_names(d.replicas)}
+        for table in (self._backups, self._replicas):
+            for key in list(table):
+                if key not in datasets:
+                    del table[key]
+        self.reconcile_state = "configured" if c.reconcile.alertmanager_url else "not configured"
+        if self._dirty is not None:
+            self._close_orphan_outages()
+            self._dirty.set()
+            self.publish_objectives()
+
+    @property
+    def services(self) -> tuple[cfgmod.ServiceConfig, ...]:
+        return self.config.continuity.services if self.config is not None else ()
+
+    @property
+    def webhook_config(self) -> cfgmod.WebhookConfig:
+        return self.config.webhook if self.config is not None else cfgmod.WebhookConfig()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- ingestion ---------------------------------------------------------------------------------
+
+    async def ingest(self, events: Sequence[AlertEvent]) -> Changes:
+        """Store events durably; returns after the commit.  Raises StoreError."""
+        changes = await self.store.ingest(events, time.time())
+        if changes.changed:
+            self.mark_dirty()
+        return changes
+
+    def mark_dirty(self) -> None:
+        if self._dirty is not None:
+            self._dirty.set()
+
+    def _count(self, result: str) -> None:
+        self._webhook[result] += 1
+        if self._webhook_publish is None:
+            with contextlib.suppress(RuntimeError):
+                loop = asyncio.get_running_loop()
+                self._webhook_publish = loop.call_later(0.5, self._publish_webhook)
+
+    def _publish_webhook(self) -> None:
+        self._webhook_publish = None
+        state = CheckState()
+        for result, n in self._webhook.items():
+            state.inc("mail_webhook_notifications_total", float(n), result=result)
+        self.snapshot.update("continuity/webhook", list(state.samples()))
+
+    def _authorized(self, request: web.Request) -> bool:
+        cfg = self.webhook_config
+        if cfg.bearer_token is None and cfg.basic_auth is None:
+            return True
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        value = value.strip()
+        token = cfg.bearer_token
+        if (
+            token is not None
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(value.encode(), token.reveal().encode())
+        ):
+            return True
+        if cfg.basic_auth is not None and scheme.lower() == "basic":
+            try:
+                given = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                return False
+            want = f"{cfg.basic_auth.username}:{cfg.basic_auth.password.reveal()}".encode()
+            if hmac.compare_digest(given, want):
+                return True
+        return False
+
+    async def handle_webhook(self, request: web.Request) -> web.Response:
+        """``POST /alertmanager``."""
+        cfg = self.webhook_config
+        if not self._authorized(request):
+            self._count("unauthorized")
+            challenge = 'Bearer realm="mail-continuity-exporter"'
+            if cfg.basic_auth is not None:
+                challenge = 'Basic realm="mail-continuity-exporter"'
+            return web.Response(status=401, text="Unauthorized.\n", headers={"WWW-Authenticate": challenge})
+        ctype = request.content_type.lower()
+        if ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):
+            self._count("unsupported_media_type")
+            return web.Response(status=415, text=f'Expected Content-Type "application/json", got "{ctype[:60]}".\n')
+        limit = cfg.max_body_bytes
+        body = await _read_body(request, limit)
+        if body is None:
+            self._count("too_large")
+            return web.Response(status=413, text=f"Body larger than webhook.max_body_bytes ({limit} bytes).\n")
+        try:
+            note = parse_notification(body)
+        except WebhookError as exc:
+            self._count("invalid")
+            log.info("webhook notification rejected", extra={"kv": {"err": str(exc), "status": exc.status}})
+            return web.Response(status=exc.status, text=f"Rejected: {exc}\n")
+        events = events_from_notification(note, self.classifier)
+        try:
+            await self.ingest(events)
+        except StoreError as exc:
+            self._count("error")
+            log.error("webhook notification not stored", extra={"kv": {"err": str(exc)}})
+            return web.Response(status=503, text="Not stored: the incident store failed; retry later.\n")
+        self._count("accepted")
+        if note.truncated_alerts:
+            log.warning(
+                "notification truncated by Alertmanager (max_alerts); the missing alerts are not recorded",
+                extra={"kv": {"truncated": note.truncated_alerts, "receiver": note.receiver}},
+            )
+        return web.Response(text=f"Stored {len(events)} alerts.\n")
+
+    # --- refresh ----------------------------------------------------------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        assert self._dirty is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._dirty.wait(), REFRESH_INTERVAL)
+            self._dirty.clear()
+            try:
+                changes = await self.store.promote_overruns(time.time())
+                if changes.opened:
+                    log.info("maintenance overran; incidents opened", extra={"kv": {"incidents": changes.opened}})
+                await self.refresh()
+            except StoreError as exc:
+                log.error("continuity refresh failed", extra={"kv": {"err": str(exc)}})
+            except Exception:
+                log.exception("continuity refresh failed")
+            await asyncio.sleep(MIN_REFRESH_GAP)
+
+    async def refresh(self) -> None:
+        """Read the store and publish every continuity family."""
+        now = time.time()
+        self.summary = await self.store.summary(now, now - HORIZON, RECOVERY_BUCKETS)
+        self.summary_time = now
+        self.publish_incidents(now)
+        self.publish_objectives(now)
+
+    def publish_incidents(self, now: float) -> None:
+        summary = self.summary
+        if summary is None:
+            return
+        sink = Sink(CheckState())
+        extra: list[Sample] = []
+        fig = Sink(CheckState())
+        for svc in self.services:
+            name = svc.name
+            for sev in SEVERITIES:
+                sink.state.inc(
+                    "mail_incidents_total", float(summary.totals.get((name, sev), 0)), service=name, severity=sev
+                )
+                sink.gauge("mail_incidents_open", summary.open_counts.get((name, sev), 0), service=name, severity=sev)
+                hist = summary.recoveries.get((name, sev))
+                labels = (("service", name), ("severity", sev))
+                bounds = (*RECOVERY_BUCKETS, math.inf)
+                if hist is None:
+                    extra.extend(
+                        histogram_samples("mail_incident_recovery_seconds", labels, bounds, [0] * len(bounds), 0.0, 0)
+                    )
+                else:
+                    extra.extend(
+                        histogram_samples(
+                            "mail_incident_recovery_seconds", labels, hist.buckets, hist.counts, hist.total, hist.count
+                        )
+                    )
+            oldest = summary.oldest_open.get(name)
+            sink.gauge(
+                "mail_incident_oldest_open_seconds", 0.0 if oldest is None else max(0.0, now - oldest), service=name
+            )
+            drill = summary.last_drill.get(name)
+            sink.gauge("mail_drill_last_timestamp_seconds", 0.0 if drill is None else drill[0], service=name)
+            spans = [s for s in summary.spans if s.service == name and s.kind == "incident"]
+            maint = [(w.start, w.end) for w in self.classifier.windows(name)]
+            for window, length in WINDOWS:
+                f = figures.window_figures(spans, maint, now, window, length)
+                fig.gauge("mail_mttr_seconds", f.mttr, service=name, window=window)
+                fig.gauge("mail_mtbf_seconds", f.mtbf, service=name, window=window)
+                fig.gauge("mail_availability_ratio", f.availability, service=name, window=window)
+                fig.gauge("mail_downtime_seconds", f.downtime, service=name, window=window)
+        self.snapshot.update("continuity/incidents", [*sink.samples(), *extra])
+        self.snapshot.update("continuity/figures", fig.samples())
+
+    def rto_estimate(self, service: str, now: float) -> float:
+        summary = self.summary
+        if summary is None:
+            return math.nan
+        spans = [s for s in summary.spans if s.service == service]
+        drill = summary.last_drill.get(service)
+        return figures.rto_estimate(figures.recovery_times(spans, now), None if drill is None else drill[1])
+
+    def rpo_estimate(self, dataset: cfgmod.DatasetConfig, now: float) -> float:
+        lags = []
+        for name in _source_names(dataset.replicas):
+            st = self._replicas.get((dataset.name, name))
+            if st is not None and st.healthy and st.lag is not None:
+                lags.append(st.lag)
+        backups = []
+        for name in _source_names(dataset.backups):
+            b = self._backups.get((dataset.name, name))
+            if b is not None and b.good and b.timestamp is not None:
+                backups.append(b.timestamp)
+        return figures.rpo_estimate(lags, backups, now)
+
+    def publish_objectives(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        if self.config is None:
+            return
+        sink = Sink(CheckState())
+        for svc in self.services:
+            sink.gauge("mail_rto_estimate_seconds", self.rto_estimate(svc.name, now), service=svc.name)
+            if svc.rto_target is not None:
+                sink.gauge("mail_rto_target_seconds", svc.rto_target, service=svc.name)
+            if svc.mttr_target is not None:
+                sink.gauge("mail_mttr_target_seconds", svc.mttr_target, service=svc.name)
+            sink.gauge("mail_availability_target_ratio", svc.availability_target, service=svc.name)
+            active = self.classifier.window_at(svc.name, now) is not None
+            sink.gauge("mail_maintenance_active", 1.0 if active else 0.0, service=svc.name)
+        for ds in self.config.continuity.datasets:
+            sink.gauge("mail_rpo_estimate_seconds", self.rpo_estimate(ds, now), dataset=ds.name)
+            if ds.rpo_target is not None:
+                sink.gauge("mail_rpo_target_seconds", ds.rpo_target, dataset=ds.name)
+        self.snapshot.update("continuity/objectives", sink.samples())
+
+    # --- sources as scheduler checks -----------------------------------------------------------------------
+
+    def build_checks(self, cfg: cfgmod.Config) -> list[Check]:
+        """Backup, replica and reconcile checks for ``cfg`` (no side effects: a reload may discard them)."""
+        out: list[Check] = []
+        g = cfg.global_
+        for ds in cfg.continuity.datasets:
+            for name, b in zip(_source_names(ds.backups), ds.backups, strict=True):
+                out.append(self._backup_check(ds.name, name, b, g))
+            for name, r in zip(_source_names(ds.replicas), ds.replicas, strict=True):
+                out.append(self._replica_check(ds.name, name, r))
+        rc = cfg.continuity.reconcile
+        if rc.alertmanager_url:
+            url = rc.alertmanager_url.rstrip("/")
+
+            async def reconcile(sink: Sink, log: logging.Logger) -> bool:
+                return await self.reconcile_once(url, sink)
+
+            timeout = min(RECONCILE_TIMEOUT, rc.interval)
+            out.append(Check("reconcile", "alertmanager", rc.interval, timeout + 1.0, rc, reconcile))
+        return out
+
+    def _backup_check(self, dataset: str, name: str, b: cfgmod.BackupConfig, g: cfgmod.GlobalConfig) -> Check:
+        timeout = (b.timeout if isinstance(b, cfgmod.CommandBackup) else g.timeout) + 1.0
+
+        async def run(sink: Sink, log: logging.Logger) -> bool:
+            now = time.time()
+            sink.gauge("mail_backup_up", 0.0, dataset=dataset, backup=name)
+            try:
+                ts = await read_backup(b, now)
+            except SourceError as exc:
+                sink.fail(exc.reason, str(exc))
+                self._record_backup(dataset, name, _BackupState(None, False))
+                return False
+            age = now - ts
+            sink.gauge("mail_backup_last_success_timestamp_seconds", ts, dataset=dataset, backup=name)
+            sink.detail("newest", f"{format_time(ts)} ({age:.0f}s ago)")
+            good = age <= b.max_age
+            if not good:
+                sink.fail("stale", f"newest backup is {age:.0f}s old, more than max_age {b.max_age:g}s")
+            else:
+                sink.gauge("mail_backup_up", 1.0, dataset=dataset, backup=name)
+            self._record_backup(dataset, name, _BackupState(ts, good))
+            return good
+
+        return Check("backup", f"{dataset}/{name}", g.interval, timeout, (dataset, name, b), run)
+
+    def _replica_check(self, dataset: str, name: str, r: cfgmod.ReplicaConfig) -> Check:
+        canary = isinstance(r, cfgmod.ImapCanaryReplica)
+        timeout = r.timeout + (CANARY_GRACE if canary else 1.0)
+
+        async def run(sink: Sink, log: logging.Logger) -> bool:
+            sink.gauge("mail_replication_up", 0.0, dataset=dataset, replica=name)
+            try:
+                if isinstance(r, cfgmod.ImapCanaryReplica):
+                    lag = await measure_canary(r, log)
+                else:
+                    lag = await read_command_lag(r)
+            except SourceError as exc:
+                sink.fail(exc.reason, str(exc))
+                self._record_replica(dataset, name, _ReplicaState(None, False))
+                return False
+            sink.gauge("mail_replication_up", 1.0, dataset=dataset, replica=name)
+            sink.gauge("mail_replication_lag_seconds", lag, dataset=dataset, replica=name)
+            sink.detail("lag", f"{lag:.3f}s")
+            self._record_replica(dataset, name, _ReplicaState(lag, True))
+            return True
+
+        def on_timeout(check: Check, sink: Sink) -> None:
+            sink.fail("timeout", f"no measurement within {check.timeout:g}s")
+            self._record_replica(dataset, name, _ReplicaState(None, False))
+
+        return Check("replica", f"{dataset}/{name}", r.interval, timeout, (dataset, name, r), run, on_timeout)
+
+    def _record_backup(self, dataset: str, name: str, state: _BackupState) -> None:
+        self._backups[(dataset, name)] = state
+        self.publish_objectives()
+
+    def _record_replica(self, dataset: str, name: str, state: _ReplicaState) -> None:
+        self._replicas[(dataset, name)] = state
+        self.publish_objectives()
+
+    # --- reconciliation -------------------------------------------------------------------------------------
+
+    async def reconcile_once(self, base_url: str, sink: Sink) -> bool:
+        """Compare the store with Alertmanager's active alerts; close what Alertmanager no longer has."""
+        fetched_at = time.time()
+        url = f"{base_url}/api/v2/alerts"
+        try:
+            async with (
+                ClientSession(timeout=ClientTimeout(total=RECONCILE_TIMEOUT)) as session,
+                session.get(url, headers={"Accept": "application/json"}) as resp,
+            ):
+                if resp.status != 200:
+                    sink.fail("http", f"GET {url}: HTTP {resp.status}")
+                    self.reconcile_state = f"failed: HTTP {resp.status}"
+                    return False
+                body = await resp.content.read(64 << 20)
+        except (ClientError, OSError, TimeoutError) as exc:
+            sink.fail("unreachable", f"GET {url}: {type(exc).__name__}: {exc}"[:300])
+            self.reconcile_state = "failed: unreachable"
+            return False
+        try:
+            active = parse_active_alerts(body)
+        except WebhookError as exc:
+            sink.fail("protocol", str(exc))
+            self.reconcile_state = "failed: bad answer"
+            return False
+        keys = frozenset((a.fingerprint, a.starts_ms) for a in active)
+        events = []
+        for a in active:
+            if a.state != "active":
+                continue  # silenced or inhibited: Alertmanager does not notify them either
+            labels = dict(a.labels)
+            assignments = self.classifier.assign(labels, a.starts_at)
+            if not assignments:
+                continue
+            events.append(
+                AlertEvent(
+                    a.fingerprint,
+                    a.starts_ms,
+                    a.starts_at,
+                    None,
+                    a.labels,
+                    severity_of(labels.get("severity", "")),
+                    "reconcile",
+                    assignments,
+                )
+            )
+        try:
+            changes = await self.store.reconcile(keys, events, fetched_at, time.time())
+        except StoreError as exc:
+            sink.fail("store", str(exc))
+            return False
+        if changes.changed:
+            self.mark_dirty()
+            log.info(
+                "reconciled with Alertmanager",
+                extra={"kv": {"resolved": changes.resolved_alerts, "added": changes.new_alerts}},
+            )
+        sink.detail("active", str(len(active)))
+        sink.detail("resolved", str(changes.resolved_alerts))
+        sink.detail("added", str(changes.new_alerts))
+        self.reconcile_state = f"ok at {format_time(fetched_at)}"
+        return True
+
+    # --- the exporter's own check outages ---------------------------------------------------------------------
+
+    def _outage_services(self, check_name: str) -> list[cfgmod.ServiceConfig]:
+        return [s for s in self.services if check_name in s.check_outages]
+
+    def on_check_run(self, check: Check, record: RunRecord) -> None:
+        """Scheduler listener: N consecutive failures of a listed check record an outage."""
+        for svc in self._outage_services(check.name):
+            key = (svc.name, check.kind, check.name)
+            st = self._outages.setdefault(key, _Outage())
+            if record.result == "success":
+                st.streak = 0
+                if st.open is not None:
+                    fingerprint, starts_ms, starts_at = st.open
+                    st.open = None
+                    end = max(starts_at, record.started + record.duration)
+                    self._spawn(self._outage_event(svc.name, check, fingerprint, starts_ms, starts_at, end))
+                continue
+            st.streak += 1
+            if st.streak == 1:
+                st.first_failure = record.started
+            if st.streak >= max(1, svc.check_outage_threshold) and st.open is None:
+                fingerprint = f"check|{svc.name}|{check.kind}|{check.name}"
+                starts_ms = int(st.first_failure * 1000)
+                st.open = (fingerprint, starts_ms, starts_ms / 1000)
+                self._spawn(self._outage_event(svc.name, check, fingerprint, starts_ms, starts_ms / 1000, None))
+
+    async def _outage_event(
+        self, service: str, check: Check, fingerprint: str, starts_ms: int, starts_at: float, ends_at: float | None
+    ) -> None:
+        labels = (("alertname", "MailExporterCheckOutage"), ("check", check.kind), ("name", check.name))
+        event = AlertEvent(
+            fingerprint,
+            starts_ms,
+            starts_at,
+            ends_at,
+            labels,
+            "critical",
+            "check",
+            self.classifier.assign_to([service], starts_at),
+        )
+        try:
+            await self.ingest([event])
+        except StoreError as exc:
+            log.error("check outage not recorded", extra={"kv": {"check": check.key, "err": str(exc)}})
+
+    def _close_orphan_outages(self) -> None:
+        """Outages of checks no longer listed in check_outages end now."""
+        now = time.time()
+        listed = {(s.name, c) for s in self.services for c in s.check_outages}
+        for key, st in list(self._outages.items()):
+            service, kind, name = key
+            if st.open is not None and (service, name) not in listed:
+                fingerprint, starts_ms, starts_at = st.open
+                stub = Check(kind, name, 0.0, 0.0, None, _never)
+                self._spawn(self._outage_event(service, stub, fingerprint, starts_ms, starts_at, max(now, starts_at)))
+                del self._outages[key]
+
+    # --- status page ---------------------------------------------------------------------------------------------
+
+    def status_html(self) -> str:
+        summary = self.summary
+        now = time.time()
+        rows = []
+        opened = summary.open if summary is not None else ()
+        for inc in opened:
+            cells = [
+                inc.service,
+                inc.severity,
+                format_time(inc.started_at),
+                _age(now - inc.started_at),
+                str(inc.open_alerts),
+                ", ".join(inc.alertnames),
+            ]
+            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        table = (
+            "<table><tr><th>Service</th><th>Severity</th><th>Opened</th><th>Open for</th>"
+            "<th>Firing alerts</th><th>Alert names</th></tr>" + "".join(rows) + "</table>"
+            if rows
+            else "<p>No open incidents.</p>"
+        )
+        store = html.escape(getattr(self.store, "description", "store"))
+        return (
+            f"<h2>Open incidents ({len(opened)})</h2>{table}"
+            f"<p>Incident store: {store} · reconciliation with Alertmanager: {html.escape(self.reconcile_state)}</p>"
+        )
+
+
+async def _never(sink: Sink, log: logging.Logger) -> bool:
+    return False
+
+
+def _outage_key(fingerprint: str) -> tuple[str, str, str] | None:
+    """``check|SERVICE|KIND|NAME`` (names never contain "|") -> (service, kind, name)."""
+    parts = fingerprint.split("|")
+    if len(parts) != 4 or parts[0] != "check":
+        return None
+    return parts[1], parts[2], parts[3]
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f}h"
+    return f"{seconds / 86400:.1f}d"
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None when it is larger than ``limit`` (read no further than that)."""
+    length = request.content_length
+    if length is not None:
+        if length > limit:
+            return None
+        try:
+            return await request.content.readexactly(length)
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial  # the client went away; the truncated JSON is rejected
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(65536)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def status_section(exporter: Exporter) -> str:
+    """The status page's open-incidents section."""
+    cont = getattr(exporter, "continuity", None)
+    if cont is None:
+        return ""
+    assert isinstance(cont, Continuity)
+    return cont.status_html()

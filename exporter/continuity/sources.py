@@ -1,0 +1,425 @@
+"""RPO sources: when the newest good backup was made, and how far behind a replica is.
+
+Backups (each read returns the Unix time of the newest backup, or raises :class:`SourceError`):
+
+- ``file_mtime``: the newest modification time among the files matching a glob
+  (``/backups/mail/*.tar.zst``); no match is a failure (reason ``missing``).
+- ``timestamp_file``: a file that the backup job writes on success, holding a Unix time
+  (``1767225600`` or ``1767225600.5``) or an RFC 3339 time.
+- ``command``: a program (argv list, never a shell) printing a Unix time, killed at its
+  timeout.
+
+Each time must be sane: not more than :data:`FUTURE_SLACK` seconds in the future (reason
+``invalid``).  Whether it is recent enough (``max_age``) is judged by the caller, which
+still exports the time of a stale backup.
+
+Replicas (each measurement returns the lag in seconds):
+
+- ``imap_canary``: APPEND a small message with a unique token to the primary mailbox,
+  then look for the token on the replica every ``poll_interval`` until it appears or the
+  timeout passes.  Lag = time seen on the replica - time the primary acknowledged the
+  APPEND.  The canary is deleted from the primary afterwards (``UID STORE \\Deleted`` and
+  ``UID EXPUNGE`` of that message only, when the server has UIDPLUS); replication
+  removes the replica's copy.
+- ``command``: a program printing the lag in seconds.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CANARY_HEADER",
+    "FUTURE_SLACK",
+    "ImapSession",
+    "SourceError",
+    "measure_canary",
+    "newest_mtime",
+    "parse_lag",
+    "parse_timestamp",
+    "read_backup",
+    "read_command_lag",
+    "run_command",
+]
+
+import asyncio
+import contextlib
+import glob
+import logging
+import os
+import re
+import secrets
+import ssl
+import time
+from email.utils import formatdate
+from functools import lru_cache
+
+from exporter.config import (
+    BackupConfig,
+    CommandBackup,
+    CommandReplica,
+    FileMtimeBackup,
+    ImapCanaryReplica,
+    ImapEndpoint,
+    TLSSettings,
+    split_address,
+)
+from exporter.continuity.webhook import parse_time, seconds
+from exporter.errors import ExporterError
+from exporter.probers.imap import ImapResponse, parse_response_line, read_response
+from exporter.probers.tlsinfo import LINE_LIMIT, ProbeFailure, read_line
+
+#: How far in the future a backup time may be before it is rejected (clock skew allowance).
+FUTURE_SLACK = 300.0
+#: Bytes of a command's output considered.
+OUTPUT_LIMIT = 4096
+#: The header that carries the canary token.
+CANARY_HEADER = "X-Mail-Continuity-Canary"
+
+_NUMBER_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
+
+
+class SourceError(ExporterError, RuntimeError):
+    """A backup or replica source could not be read.  ``reason`` is short and bounded."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+# --- parsing --------------------------------------------------------------------------------------
+
+
+def parse_timestamp(text: str, what: str) -> float:
+    """A Unix time (seconds, optionally fractional) or an RFC 3339 time.  Raises SourceError."""
+    word = text.strip()
+    if _NUMBER_RE.match(word):
+        return float(word)
+    try:
+        ns = parse_time(word)
+    except ValueError:
+        ns = None
+    if ns is None:
+        shown = word[:60] or "nothing"
+        raise SourceError("parse", f"{what}: expected a Unix time or an RFC 3339 time, got {shown!r}")
+    return seconds(ns)
+
+
+def parse_lag(text: str, what: str) -> float:
+    word = text.strip()
+    try:
+        value = float(word)
+    except ValueError:
+        value = -1.0
+    if not _NUMBER_RE.match(word) or value < 0:
+        raise SourceError("parse", f"{what}: expected a lag in seconds (a number >= 0), got {word[:60]!r}")
+    return value
+
+
+def check_sane(ts: float, now: float, what: str) -> float:
+    if ts > now + FUTURE_SLACK:
+        raise SourceError("invalid", f"{what}: time {ts:.0f} is {ts - now:.0f}s in the future")
+    return ts
+
+
+# --- backups ------------------------------------------------------------------------------------------
+
+
+def newest_mtime(pattern: str) -> float:
+    """The newest mtime among regular files matching ``pattern`` (blocking; run in a thread)."""
+    newest: float | None = None
+    for path in glob.iglob(pattern, recursive=True):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue  # removed while scanning, or unreadable
+        if os.path.isfile(path) and (newest is None or st.st_mtime > newest):
+            newest = st.st_mtime
+    if newest is None:
+        raise SourceError("missing", f"no file matches {pattern}")
+    return newest
+
+
+def _read_small(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(OUTPUT_LIMIT + 1)
+    except FileNotFoundError:
+        raise SourceError("missing", f"{path}: no such file") from None
+    except OSError as exc:
+        raise SourceError("unreadable", f"{path}: {exc.strerror or exc}") from None
+    if len(data) > OUTPUT_LIMIT:
+        raise SourceError("parse", f"{path}: expected a time, got more than {OUTPUT_LIMIT} bytes")
+    return data.decode("utf-8", "replace")
+
+
+async def run_command(argv: tuple[str, ...], timeout: float) -> str:
+    """Run a program (no shell), return its stdout; kill it at ``timeout``.  Raises SourceError."""
+    if not argv:
+        raise SourceError("command", "empty command")
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+    except FileNotFoundError:
+        raise SourceError("command", f"command not found: {argv[0]}") from None
+    except PermissionError as exc:
+        raise SourceError("command", f"cannot run {argv[0]}: {exc.strerror}") from None
+    try:
+        async with asyncio.timeout(timeout):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        raise SourceError("timeout", f"{argv[0]} did not finish within {timeout:g}s") from None
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(Exception):
+                await proc.wait()
+    if proc.returncode != 0:
+        first = err.decode("utf-8", "replace").strip().splitlines()
+        why = first[0][:200] if first else "no message"
+        raise SourceError("command", f"{argv[0]} exited with status {proc.returncode}: {why}")
+    if len(out) > OUTPUT_LIMIT:
+        raise SourceError("parse", f"{argv[0]}: expected one number, got more than {OUTPUT_LIMIT} bytes")
+    return out.decode("utf-8", "replace")
+
+
+async def read_backup(cfg: BackupConfig, now: float | None = None) -> float:
+    """The Unix time of the newest backup that ``cfg`` describes.  Raises SourceError."""
+    if isinstance(cfg, FileMtimeBackup):
+        ts = await asyncio.to_thread(newest_mtime, cfg.path)
+        what = cfg.path
+    elif isinstance(cfg, CommandBackup):
+        ts = parse_timestamp(await run_command(cfg.command, cfg.timeout), cfg.command[0])
+        what = cfg.command[0]
+    else:
+        ts = parse_timestamp(await asyncio.to_thread(_read_small, cfg.path), cfg.path)
+        what = cfg.path
+    return check_sane(ts, time.time() if now is None else now, what)
+
+
+async def read_command_lag(cfg: CommandReplica) -> float:
+    return parse_lag(await run_command(cfg.command, cfg.timeout), cfg.command[0])
+
+
+# --- a small IMAP client for the canary ------------------------------------------------------------------
+
+
+def _quoted(value: str) -> str:
+    if not value.isascii() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise SourceError("config", "canary user names, passwords and folders must be printable ASCII")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+_APPENDUID_RE = re.compile(r"\[APPENDUID \d+ (\d+)\]", re.IGNORECASE)
+_SEARCH_RE = re.compile(r"^SEARCH(?: (.*))?$", re.IGNORECASE)
+
+
+_TLS_VERSIONS = {
+    "TLS1.0": ssl.TLSVersion.TLSv1,
+    "TLS1.1": ssl.TLSVersion.TLSv1_1,
+    "TLS1.2": ssl.TLSVersion.TLSv1_2,
+    "TLS1.3": ssl.TLSVersion.TLSv1_3,
+}
+
+
+def tls_context(settings: TLSSettings) -> ssl.SSLContext:
+    """A client context that checks the chain *and* the host name (credentials go over it)."""
+    mtime = os.stat(settings.ca_file).st_mtime_ns if settings.verify and settings.ca_file else 0
+    return _tls_context(settings.verify, settings.ca_file, mtime, settings.min_version)
+
+
+@lru_cache(maxsize=16)
+def _tls_context(verify: bool, ca_file: str | None, _mtime: int, min_version: str | None) -> ssl.SSLContext:
+    if verify:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if min_version is not None:
+        ctx.minimum_version = _TLS_VERSIONS[min_version]
+    return ctx
+
+
+class ImapSession:
+    """One logged-in IMAP connection: just what the canary needs (LOGIN, APPEND, SELECT, SEARCH)."""
+
+    def __init__(self, endpoint: ImapEndpoint, role: str) -> None:
+        self.endpoint = endpoint
+        self.role = role
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.capabilities: frozenset[str] = frozenset()
+        self._tags = 0
+
+    async def __aenter__(self) -> ImapSession:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _fail(self, reason: str, message: str) -> SourceError:
+        return SourceError(reason, f"{self.role} {self.endpoint.address}: {message}")
+
+    async def connect(self) -> None:
+        ep = self.endpoint
+        host, port = split_address(ep.address)
+        hostname = ep.tls_config.server_name or host
+        try:
+            ctx = tls_context(ep.tls_config) if ep.tls != "none" else None
+            if ep.tls == "implicit":
+                self.reader, self.writer = await asyncio.open_connection(
+                    host, port, ssl=ctx, server_hostname=hostname, limit=LINE_LIMIT
+                )
+            else:
+                self.reader, self.writer = await asyncio.open_connection(host, port, limit=LINE_LIMIT)
+            greeting = parse_response_line(await read_line(self.reader, "greeting"))
+            if greeting is None or greeting.status not in ("OK", "PREAUTH"):
+                raise self._fail("protocol", "not an IMAP greeting")
+            if ep.tls == "starttls":
+                resp = await self.command("STARTTLS")
+                if resp.status != "OK":
+                    raise self._fail("tls", f"STARTTLS refused: {resp.summary()}")
+                assert self.writer is not None
+                await self.writer.start_tls(ctx, server_hostname=hostname)  # type: ignore[arg-type]
+            if greeting.status != "PREAUTH":
+                resp = await self.command(
+                    f"LOGIN {_quoted(ep.username)} {_quoted(ep.password.reveal())}", shown="LOGIN <redacted>"
+                )
+                if resp.status != "OK":
+                    raise self._fail("auth", f"LOGIN rejected: {resp.summary()}")
+            resp = await self.command("CAPABILITY")
+            caps: set[str] = set()
+            for line in resp.untagged:
+                if line.upper().startswith("CAPABILITY "):
+                    caps.update(w.upper() for w in line.split()[1:])
+            self.capabilities = frozenset(caps)
+        except ProbeFailure as exc:
+            raise self._fail(exc.reason, str(exc)) from None
+        except ssl.SSLError as exc:
+            raise self._fail("tls", f"TLS failed: {exc.reason or exc}") from None
+        except OSError as exc:
+            raise self._fail("refused", f"cannot connect: {exc.strerror or exc}") from None
+
+    async def command(self, text: str, *, shown: str | None = None) -> ImapResponse:
+        if self.reader is None or self.writer is None:
+            raise self._fail("protocol", "not connected")
+        self._tags += 1
+        tag = f"C{self._tags}"
+        try:
+            self.writer.write(f"{tag} {text}\r\n".encode())
+            await self.writer.drain()
+            return await read_response(self.reader, tag, (shown or text).split(" ")[0].lower())
+        except ProbeFailure as exc:
+            raise self._fail(exc.reason, str(exc)) from None
+        except OSError as exc:
+            raise self._fail("protocol", f"connection lost: {exc.strerror or exc}") from None
+
+    async def append(self, folder: str, message: bytes) -> int | None:
+        """APPEND ``message`` to ``folder``; returns its UID when the server says (UIDPLUS)."""
+        assert self.reader is not None and self.writer is not None
+        self._tags += 1
+        tag = f"C{self._tags}"
+        try:
+            self.writer.write(f"{tag} APPEND {_quoted(folder)} {{{len(message)}}}\r\n".encode())
+            await self.writer.drain()
+            line = parse_response_line(await read_line(self.reader, "append"))
+            if line is None or line.kind != "continuation":
+                text = line.text if line is not None else "garbage"
+                raise self._fail("protocol", f"APPEND refused: {text[:160]}")
+            self.writer.write(message + b"\r\n")
+            await self.writer.drain()
+            resp = await read_response(self.reader, tag, "append")
+        except ProbeFailure as exc:
+            raise self._fail(exc.reason, str(exc)) from None
+        except OSError as exc:
+            raise self._fail("protocol", f"connection lost: {exc.strerror or exc}") from None
+        if resp.status != "OK":
+            raise self._fail("protocol", f"APPEND failed: {resp.summary()}")
+        m = _APPENDUID_RE.search(resp.text)
+        return int(m.group(1)) if m else None
+
+    async def select(self, folder: str) -> None:
+        resp = await self.command(f"SELECT {_quoted(folder)}")
+        if resp.status != "OK":
+            raise self._fail("protocol", f"SELECT {folder} failed: {resp.summary()}")
+
+    async def search_header(self, header: str, value: str) -> list[int]:
+        await self.command("NOOP")  # lets the server report new messages in the selected folder
+        resp = await self.command(f"UID SEARCH HEADER {header} {_quoted(value)}")
+        if resp.status != "OK":
+            raise self._fail("protocol", f"SEARCH failed: {resp.summary()}")
+        uids: list[int] = []
+        for line in resp.untagged:
+            m = _SEARCH_RE.match(line)
+            if m and m.group(1):
+                uids.extend(int(w) for w in m.group(1).split() if w.isdigit())
+        return uids
+
+    async def delete_uid(self, uid: int) -> None:
+        if "UIDPLUS" not in self.capabilities:
+            return  # a plain EXPUNGE could remove other deleted messages: leave it
+        await self.command(f"UID STORE {uid} +FLAGS.SILENT (\\Deleted)")
+        await self.command(f"UID EXPUNGE {uid}")
+
+    async def close(self) -> None:
+        writer = self.writer
+        if writer is None:
+            return
+        self.writer = None
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                writer.write(b"Z LOGOUT\r\n")
+                await writer.drain()
+        writer.close()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await writer.wait_closed()
+
+
+def canary_message(token: str, mailbox: str) -> bytes:
+    lines = [
+        f"From: mail-continuity-exporter <{mailbox}>",
+        f"To: <{mailbox}>",
+        f"Subject: mail-continuity-exporter replication canary {token}",
+        f"Date: {formatdate(localtime=False, usegmt=True)}",
+        f"Message-ID: <{token}@mail-continuity-exporter.invalid>",
+        f"{CANARY_HEADER}: {token}",
+        "MIME-Version: 1.0",
+        "Content-Type: text/plain; charset=us-ascii",
+        "",
+        "Replication canary written by mail-continuity-exporter. It is deleted once seen on the replica.",
+    ]
+    return "\r\n".join(lines).encode("ascii")
+
+
+async def measure_canary(cfg: ImapCanaryReplica, log: logging.Logger) -> float:
+    """One canary round: APPEND on the primary, poll the replica; returns the lag in seconds."""
+    token = f"mce-{secrets.token_hex(12)}"
+    mailbox = cfg.primary.username if "@" in cfg.primary.username else "canary@mail-continuity-exporter.invalid"
+    async with ImapSession(cfg.replica, "replica") as replica, ImapSession(cfg.primary, "primary") as primary:
+        await replica.select(cfg.replica.folder)
+        uid = await primary.append(cfg.primary.folder, canary_message(token, mailbox))
+        appended = time.monotonic()
+        try:
+            deadline = appended + cfg.timeout
+            while True:
+                if await replica.search_header(CANARY_HEADER, token):
+                    lag = time.monotonic() - appended
+                    break
+                if time.monotonic() >= deadline:
+                    raise SourceError("timeout", f"canary not seen on the replica within {cfg.timeout:g}s")
+                await asyncio.sleep(min(cfg.poll_interval, max(0.0, deadline - time.monotonic())))
+        finally:
+            if uid is not None:
+                try:
+                    async with asyncio.timeout(5.0):
+                        await primary.select(cfg.primary.folder)
+                        await primary.delete_uid(uid)
+                except (SourceError, TimeoutError) as exc:
+                    log.debug("canary cleanup failed", extra={"kv": {"err": str(exc)}})
+    return lag

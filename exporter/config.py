@@ -13,6 +13,8 @@ __all__ = [
     "Config",
     "load",
     "load_text",
+    "split_address",
+    "split_target",
 ]
 
 import ipaddress
@@ -56,6 +58,27 @@ def split_address(address: str) -> tuple[str, int]:
         if not _HOST_RE.match(host):
             raise ValueError(address) from None
     return host, int(port)
+
+
+_TARGET_RE = re.compile(r"^([A-Za-z0-9_.-]+)\[([0-9A-Fa-f:.]+)\]:(\d{1,5})$")
+
+
+def split_target(target: str) -> tuple[str, int, str | None]:
+    """Split a probe target into (address to connect to, port, name to verify).
+
+    Accepts ``host:port``, ``[v6]:port`` and Postfix's ``name[address]:port``, which
+    connects to ``address`` and checks the certificate against ``name`` (how MX
+    probes address each IP of an MX host).  Raises ``ValueError``.
+    """
+    m = _TARGET_RE.match(target)
+    if m:
+        name, address, port = m.groups()
+        ipaddress.ip_address(address)
+        if not 0 < int(port) < 65536:
+            raise ValueError(target)
+        return address, int(port), name
+    host, port_n = split_address(target)
+    return host, port_n, None
 
 
 def _check_address(key: str, address: str) -> list[tuple[str, str]]:
@@ -287,9 +310,13 @@ class SendConfig:
     auth: AuthConfig | None = None
     mail_from: str = field(default="", metadata={"key": "from"})
     rcpt_to: str = field(default="", metadata={"key": "to"})
+    headers: dict[str, str] = field(default_factory=dict)  # extra headers on every probe message
 
     def validate(self) -> list[tuple[str, str]]:
         out = _check_address("address", self.address)
+        for name in self.headers:
+            if not re.match(r"^[A-Za-z0-9-]{1,64}$", name):
+                out.append((f"headers.{name}", "expected a header name of letters, digits and dashes"))
         if "@" not in self.mail_from:
             out.append(("from", f'expected an address like "probe@example.com", got "{self.mail_from}"'))
         if "@" not in self.rcpt_to:
@@ -307,6 +334,7 @@ class ReceiveConfig:
     folders: tuple[str, ...] = ("INBOX",)
     junk_folders: tuple[str, ...] = ("Junk",)
     idle: bool = True
+    idle_recheck: bool = True  # with IDLE, also search again while a probe is pending (see docs/roundtrip.md)
     poll_interval: Duration = 5.0
     keep_messages: bool = False
 
@@ -350,6 +378,8 @@ class ServiceConfig:
         out = _check_name(self.name)
         if not 0 < self.availability_target < 1:
             out.append(("availability_target", f"expected a ratio like 0.999, got {self.availability_target}"))
+        if self.check_outage_threshold < 1:
+            out.append(("check_outage_threshold", f"expected at least 1, got {self.check_outage_threshold}"))
         return out
 
 
@@ -434,11 +464,39 @@ class MaintenanceWindow:
     start: str
     end: str
 
+    def validate(self) -> list[tuple[str, str]]:
+        from exporter.continuity.webhook import parse_time
+
+        out: list[tuple[str, str]] = []
+        times: dict[str, int] = {}
+        for key in ("start", "end"):
+            value = getattr(self, key)
+            try:
+                ns = parse_time(value)
+            except ValueError:
+                ns = None
+            if ns is None:
+                out.append((key, f'expected an RFC 3339 time like "2030-01-05T22:00:00Z", got "{value}"'))
+            else:
+                times[key] = ns
+        if len(times) == 2 and times["end"] <= times["start"]:
+            out.append(("end", "expected a time after start"))
+        return out
+
 
 @dataclass(frozen=True)
 class ReconcileConfig:
     alertmanager_url: str | None = None
     interval: Duration = 300.0
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = []
+        url = self.alertmanager_url
+        if url is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+            out.append(("alertmanager_url", f'expected a URL like "http://alertmanager:9093", got "{url}"'))
+        if self.interval <= 0:
+            out.append(("interval", "expected a positive duration"))
+        return out
 
 
 @dataclass(frozen=True)
@@ -448,12 +506,27 @@ class ContinuityConfig:
     maintenance: tuple[MaintenanceWindow, ...] = ()
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
 
+    def validate(self) -> list[tuple[str, str]]:
+        out = []
+        for section in ("services", "datasets"):
+            seen: dict[str, int] = {}
+            for i, item in enumerate(getattr(self, section)):
+                if item.name in seen:
+                    out.append((f"{section}[{i}]", f'duplicate name "{item.name}" (also {section}[{seen[item.name]}])'))
+                seen.setdefault(item.name, i)
+        return out
+
 
 @dataclass(frozen=True)
 class WebhookConfig:
     bearer_token: Secret | None = None
     basic_auth: AuthConfig | None = None
     max_body_bytes: int = 1 << 20
+
+    def validate(self) -> list[tuple[str, str]]:
+        if not 1024 <= self.max_body_bytes <= 64 << 20:
+            return [("max_body_bytes", f"expected 1024 to 67108864 (64 MiB), got {self.max_body_bytes}")]
+        return []
 
 
 # --- top level -------------------------------------------------------------------------------

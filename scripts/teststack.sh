@@ -311,6 +311,16 @@ sys.exit(0 if ok else 1)
 PY
 }
 
+# alive PID: the process exists and is not a zombie (a stopped Postfix master
+# lingers as a zombie for a moment; counting it as running made "start" a no-op).
+alive() {
+    local st
+    [[ -d /proc/$1 ]] || return 1
+    read -r -a st <"/proc/$1/stat" 2>/dev/null || return 1
+    # field 3 is the state; the command name (field 2) has no spaces for our daemons
+    [[ ${st[2]:-Z} != Z && ${st[2]:-X} != X ]]
+}
+
 # Print the pid from PIDFILE if that process is alive and its command line
 # mentions our stack dir (so we never act on a recycled pid or a system daemon).
 our_pid() {
@@ -318,7 +328,7 @@ our_pid() {
     [[ -r $pidfile ]] || return 1
     pid=$(head -n 1 "$pidfile" 2>/dev/null | tr -dc '0-9')
     # /proc instead of "kill -0", so that "status" also works for non-root
-    [[ -n $pid && -d /proc/$pid ]] || return 1
+    [[ -n $pid ]] && alive "$pid" || return 1
     tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$STACK_DIR" || return 1
     printf '%s\n' "$pid"
 }
@@ -375,7 +385,7 @@ postfix_master_pid() {
     local pid
     [[ -r $PF_SPOOL/pid/master.pid ]] || return 1
     pid=$(head -n 1 "$PF_SPOOL/pid/master.pid" 2>/dev/null | tr -dc '0-9')
-    [[ -n $pid && -d /proc/$pid ]] || return 1
+    [[ -n $pid ]] && alive "$pid" || return 1
     [[ $(cat "/proc/$pid/comm" 2>/dev/null) == master ]] || return 1
     printf '%s\n' "$pid"
 }

@@ -281,7 +281,7 @@ class _ImapProbe:
         tag = self._tag()
         self.run.trace(f"C: {tag} {command}")
         await conn.send(f"{tag} {command}\r\n".encode(), step)
-        return await read_response(conn.reader, tag, step, self.run.trace, bye_ok=bye_ok)
+        return await read_response(conn.reader, tag, step, self.run.tracer, bye_ok=bye_ok)
 
     @staticmethod
     def _expect_ok(response: ImapResponse, step: str, reason_no: str) -> None:
@@ -302,7 +302,7 @@ class _ImapProbe:
             run.trace(f"-- TLS established ({conn.tls_version})")
         started = time.monotonic()
         budget = [1]
-        raw = await _read_logical_line(conn.reader, "greeting", run.trace, budget)
+        raw = await _read_logical_line(conn.reader, "greeting", run.tracer, budget)
         greeting = parse_response_line(raw)
         if greeting is None or greeting.kind != "untagged" or greeting.status not in ("OK", "PREAUTH"):
             if greeting is not None and greeting.status == "BYE":
@@ -388,7 +388,7 @@ class _ImapProbe:
                 raise ProbeFailure("protocol", f"{step}: expected a continuation, got {printable(raw, 60)!r}")
             pending = data
         await conn.send(pending + b"\r\n", step)
-        return await read_response(conn.reader, tag, step, self.run.trace)
+        return await read_response(conn.reader, tag, step, self.run.tracer)
 
     async def _logout(self, conn: Conn) -> None:
         started = time.monotonic()

@@ -245,7 +245,7 @@ class _SmtpProbe:
         self.run.sink.gauge("mail_smtp_reply_code", reply.code, check=self.run.check, target=self.run.target)
 
     async def _reply(self, conn: Conn, step: str) -> Reply:
-        reply = await read_reply(conn.reader, step, self.run.trace)
+        reply = await read_reply(conn.reader, step, self.run.tracer)
         self._code(reply)
         return reply
 
@@ -353,7 +353,7 @@ class _SmtpProbe:
             async with asyncio.timeout(CLOSE_WAIT):
                 self.run.trace("C: QUIT")
                 await conn.send(b"QUIT\r\n", "quit")
-                await read_reply(conn.reader, "quit", self.run.trace)  # its code is not recorded
+                await read_reply(conn.reader, "quit", self.run.tracer)  # its code is not recorded
         except (ProbeFailure, TimeoutError):
             pass  # the server may close right after QUIT: the probe has succeeded anyway
         self.run.phase("quit", started)

@@ -455,6 +455,11 @@ class ProbeRun:
         if self.sink.transcript is not None:
             self.sink.trace(self.clean(line))
 
+    @property
+    def tracer(self) -> Callable[[str], None] | None:
+        """``trace`` when a transcript is being kept, else None (so callers skip formatting)."""
+        return self.trace if self.sink.transcript is not None else None
+
     # connections --------------------------------------------------------------------------
     async def connect(self, host: str, port: int) -> Conn:
         """Open a TCP connection (phase ``connect``, name resolution included)."""

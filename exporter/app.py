@@ -1,0 +1,156 @@
+"""The running exporter: config, scheduler, snapshot and reloads, tied together.
+
+:class:`Exporter` owns the current :class:`~exporter.config.Config`.  A reload
+(SIGHUP or ``POST /-/reload``) loads the file again into a *new* config and builds
+new checks from it; only if both succeed are they swapped in.  Otherwise the old
+checks keep running and the error is reported.  Either way
+``mail_exporter_config_last_reload_successful`` records the outcome.
+"""
+
+from __future__ import annotations
+
+__all__ = ["Exporter", "Options"]
+
+import asyncio
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from exporter import __version__, checks, config
+from exporter.continuity.service import Continuity
+from exporter.errors import ConfigError, ExporterError
+from exporter.model import Sample
+from exporter.scheduler import Check, Scheduler
+from exporter.snapshot import Snapshot, render_samples
+
+log = logging.getLogger("exporter")
+
+
+@dataclass(frozen=True)
+class Options:
+    config_file: str | None = None
+    listen_address: str = "127.0.0.1:10587"
+    storage_path: str = "./data"
+
+
+def default_config() -> config.Config:
+    """The embedded default: local SMTP, plus the local Postfix queue when Postfix is installed."""
+    text = config.DEFAULT_CONFIG_YAML
+    if shutil.which("postqueue") is None and not Path("/usr/sbin/postqueue").exists():
+        text = text.replace("queues:\n  - name: local\n    type: postfix\n", "")
+    return config.load_text(text, "<embedded default>")
+
+
+class Exporter:
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.snapshot = Snapshot()
+        self.config: config.Config | None = None
+        self.scheduler: Scheduler | None = None
+        self.continuity: Continuity | None = None
+        self.reload_ok = False
+        self.reload_success_time = 0.0
+        self.last_reload_error = ""
+        self.started = time.time()
+        self._reload_lock = asyncio.Lock()
+        self._process_registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self._process_registry)
+        PlatformCollector(registry=self._process_registry)
+        GCCollector(registry=self._process_registry)
+
+    # --- config -------------------------------------------------------------------------------
+
+    def load_config(self) -> config.Config:
+        if self.options.config_file is None:
+            return default_config()
+        return config.load(self.options.config_file)
+
+    def build_checks(self, cfg: config.Config) -> list[Check]:
+        built = checks.build(cfg, self)
+        if self.continuity is not None:
+            built += self.continuity.build_checks(cfg)  # backup, replica and reconcile checks
+        return built
+
+    async def start(self) -> None:
+        """Load the config and start the checks.  Raises ConfigError if the first load fails."""
+        cfg = self.load_config()
+        self.continuity = Continuity(self.options.storage_path, self.snapshot)
+        await self.continuity.open(cfg)  # raises StoreError (an ExporterError) when the store cannot open
+        built = self.build_checks(cfg)
+        self.scheduler = Scheduler(
+            self.snapshot, max_concurrency=cfg.global_.max_concurrency, jitter=cfg.global_.jitter
+        )
+        self.scheduler.listeners.append(self.continuity.on_check_run)
+        self._swap(cfg, built)
+        if self.options.config_file is None:
+            described = ", ".join(c.key for c in built) or "nothing"
+            log.info("no --config.file given; using the embedded default config", extra={"kv": {"checks": described}})
+
+    def _swap(self, cfg: config.Config, built: list[Check]) -> None:
+        assert self.scheduler is not None
+        self.scheduler.set_concurrency(cfg.global_.max_concurrency, cfg.global_.jitter)
+        self.scheduler.apply(built)
+        if self.continuity is not None:
+            self.continuity.apply_config(cfg)
+        self.config = cfg
+        self.reload_ok = True
+        self.reload_success_time = time.time()
+        self.last_reload_error = ""
+
+    async def reload(self) -> tuple[bool, str]:
+        """Load the config again; swap it in only if it is valid.  Returns (ok, error text)."""
+        async with self._reload_lock:
+            try:
+                cfg = self.load_config()
+                built = self.build_checks(cfg)
+            except ConfigError as exc:
+                return self._reload_failed(str(exc))
+            except ExporterError as exc:
+                return self._reload_failed(str(exc))
+            self._swap(cfg, built)
+            log.info("configuration reloaded", extra={"kv": {"checks": len(built)}})
+            return True, ""
+
+    def _reload_failed(self, message: str) -> tuple[bool, str]:
+        self.reload_ok = False
+        self.last_reload_error = message
+        log.error("configuration reload failed; keeping the previous configuration", extra={"kv": {"err": message}})
+        return False, message
+
+    async def stop(self) -> None:
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self.continuity is not None:
+            await self.continuity.close()
+
+    @property
+    def ready(self) -> bool:
+        return self.config is not None and self.scheduler is not None and self.scheduler.scheduled.is_set()
+
+    # --- self-metrics, rendered per scrape (a handful of lines) ------------------------------
+
+    def self_samples(self) -> list[Sample]:
+        out = [
+            Sample(
+                "mail_exporter_build_info", "", (("version", __version__), ("python", platform.python_version())), 1.0
+            ),
+            Sample("mail_exporter_config_last_reload_successful", "", (), 1.0 if self.reload_ok else 0.0),
+            Sample("mail_exporter_config_last_reload_success_timestamp_seconds", "", (), self.reload_success_time),
+        ]
+        if self.scheduler is not None:
+            kinds: dict[str, int] = {}
+            for c in self.scheduler.checks:
+                kinds[c.kind] = kinds.get(c.kind, 0) + 1
+            out.extend(Sample("mail_exporter_checks", "", (("check", k),), float(n)) for k, n in sorted(kinds.items()))
+        return out
+
+    def render_self(self) -> bytes:
+        return render_samples(self.self_samples()).encode() + generate_latest(self._process_registry)

@@ -1,0 +1,766 @@
+"""Build the Grafana dashboards of mail-continuity-exporter.
+
+    python dashboards/build.py           # write dashboards/*.json
+    python dashboards/build.py --check   # exit 1 if the committed JSON differs (CI)
+
+A small builder of our own rather than grafana-foundation-sdk: see dashboards/README.md.
+Every query filters on ``job=~"$job",instance=~"$instance"`` (the recording rules of rules/
+keep both labels), every rate uses ``$__rate_interval``, every panel has a unit and a
+description, and the uids are the ones the alerts of rules/ link to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TAG = "mail-continuity-exporter"
+SCHEMA_VERSION = 39
+DS = {"type": "prometheus", "uid": "${datasource}"}
+#: The matchers of every selector: the linter's job and instance rules.
+J = 'job=~"$job",instance=~"$instance"'
+UIDS = {
+    "overview": "mce-overview",
+    "delivery": "mce-delivery",
+    "continuity": "mce-continuity",
+    "domain": "mce-domain",
+}
+
+Json = dict[str, Any]
+
+
+def sel(metric: str, extra: str = "") -> str:
+    """``metric{job=~"$job",instance=~"$instance"[,extra]}``."""
+    return f"{metric}{{{J}{',' + extra if extra else ''}}}"
+
+
+def target(expr: str, legend: str = "", *, instant: bool = False, fmt: str = "time_series") -> Json:
+    return {
+        "datasource": DS,
+        "expr": expr,
+        "format": fmt,
+        "instant": instant,
+        "legendFormat": legend or "__auto",
+        "range": not instant,
+    }
+
+
+def thresholds(*steps: tuple[float | None, str]) -> Json:
+    return {"mode": "absolute", "steps": [{"color": c, "value": v} for v, c in steps]}
+
+
+GREEN = thresholds((None, "green"))
+
+
+class Board:
+    """Panels laid out left to right in rows of 24 grid units."""
+
+    def __init__(self, key: str, title: str, description: str) -> None:
+        self.key, self.title, self.description = key, title, description
+        self.panels: list[Json] = []
+        self.variables: list[Json] = []
+        self._x = self._y = self._row_h = 0
+
+    def row(self, title: str) -> None:
+        self._newline()
+        self.panels.append(
+            {
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": self._y},
+                "id": len(self.panels) + 1,
+                "panels": [],
+                "title": title,
+                "type": "row",
+            }
+        )
+        self._y += 1
+
+    def _newline(self) -> None:
+        if self._x:
+            self._x, self._y, self._row_h = 0, self._y + self._row_h, 0
+
+    def panel(
+        self,
+        kind: str,
+        title: str,
+        description: str,
+        unit: str,
+        targets: list[Json],
+        *,
+        w: int = 8,
+        h: int = 8,
+        steps: Json = GREEN,
+        options: Json | None = None,
+        custom: Json | None = None,
+        no_value: str | None = None,
+        extra_defaults: Json | None = None,
+    ) -> None:
+        if self._x + w > 24:
+            self._newline()
+        defaults: Json = {"unit": unit, "thresholds": steps, "color": {"mode": "palette-classic"}}
+        if kind in ("stat", "bargauge", "gauge"):
+            defaults["color"] = {"mode": "thresholds"}
+        if custom:
+            defaults["custom"] = custom
+        if no_value is not None:
+            defaults["noValue"] = no_value
+        defaults.update(extra_defaults or {})
+        for i, t in enumerate(targets):
+            t["refId"] = chr(ord("A") + i)
+        self.panels.append(
+            {
+                "datasource": DS,
+                "description": description,
+                "fieldConfig": {"defaults": defaults, "overrides": []},
+                "gridPos": {"h": h, "w": w, "x": self._x, "y": self._y},
+                "id": len(self.panels) + 1,
+                "options": options or {},
+                "targets": targets,
+                "title": title,
+                "type": kind,
+            }
+        )
+        self._x += w
+        self._row_h = max(self._row_h, h)
+
+    # -- panel kinds --------------------------------------------------------------------------
+
+    def timeseries(self, title: str, description: str, unit: str, targets: list[Json], **kw: Any) -> None:
+        kw.setdefault("options", {"legend": {"displayMode": "table", "placement": "bottom", "calcs": ["lastNotNull"]}})
+        self.panel("timeseries", title, description, unit, targets, **kw)
+
+    def bars(self, title: str, description: str, unit: str, targets: list[Json], **kw: Any) -> None:
+        kw.setdefault("custom", {"drawStyle": "bars", "fillOpacity": 80, "stacking": {"mode": "normal"}})
+        self.timeseries(title, description, unit, targets, **kw)
+
+    def stat(self, title: str, description: str, unit: str, targets: list[Json], **kw: Any) -> None:
+        kw.setdefault("w", 4)
+        kw.setdefault("h", 5)
+        kw.setdefault("options", {"colorMode": "background", "graphMode": "area", "reduceOptions": _last()})
+        self.panel("stat", title, description, unit, targets, **kw)
+
+    def bargauge(self, title: str, description: str, unit: str, targets: list[Json], **kw: Any) -> None:
+        kw.setdefault("options", {"displayMode": "gradient", "orientation": "horizontal", "reduceOptions": _last()})
+        self.panel("bargauge", title, description, unit, targets, **kw)
+
+    def states(self, title: str, description: str, unit: str, targets: list[Json], **kw: Any) -> None:
+        kw.setdefault("options", {"showValue": "auto", "mergeValues": True})
+        self.panel("state-timeline", title, description, unit, targets, **kw)
+
+    def heatmap(self, title: str, description: str, unit: str, targets: list[Json], **kw: Any) -> None:
+        kw.setdefault(
+            "options",
+            {
+                "calculate": False,
+                "cellGap": 1,
+                "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64},
+                "yAxis": {"unit": unit},
+                "rowsFrame": {"layout": "auto"},
+            },
+        )
+        self.panel("heatmap", title, description, unit, targets, **kw)
+
+    # -- variables ----------------------------------------------------------------------------
+
+    def query_variable(self, name: str, query: str, *, label: str | None = None) -> None:
+        self.variables.append(
+            {
+                "allValue": ".+",
+                "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+                "datasource": DS,
+                "definition": query,
+                "includeAll": True,
+                "label": label or name,
+                "multi": True,
+                "name": name,
+                "options": [],
+                "query": {"qryType": 1, "query": query, "refId": f"PrometheusVariableQueryEditor-{name}"},
+                "refresh": 2,
+                "regex": "",
+                "sort": 1,
+                "type": "query",
+            }
+        )
+
+    def to_json(self) -> Json:
+        variables = [
+            {
+                "current": {},
+                "hide": 0,
+                "includeAll": False,
+                "label": "Data source",
+                "multi": False,
+                "name": "datasource",
+                "options": [],
+                "query": "prometheus",
+                "refresh": 1,
+                "regex": "",
+                "type": "datasource",
+            },
+        ]
+        job_query = "label_values(mail_exporter_build_info, job)"
+        instance_query = 'label_values(mail_exporter_build_info{job=~"$job"}, instance)'
+        own = self.variables
+        self.variables = []
+        self.query_variable("job", job_query)
+        self.query_variable("instance", instance_query)
+        variables += self.variables + own
+        self.variables = own
+        return {
+            "annotations": {
+                "list": [
+                    {
+                        "builtIn": 1,
+                        "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                        "enable": True,
+                        "hide": True,
+                        "iconColor": "rgba(0, 211, 255, 1)",
+                        "name": "Annotations & Alerts",
+                        "type": "dashboard",
+                    },
+                    {
+                        "datasource": DS,
+                        "enable": True,
+                        "expr": sel("ALERTS", 'alertstate="firing"'),
+                        "iconColor": "red",
+                        "name": "Firing alerts",
+                        "step": "1m",
+                        "tagKeys": "alertname,severity",
+                        "titleFormat": "{{alertname}}",
+                    },
+                ]
+            },
+            "description": self.description,
+            "editable": True,
+            "fiscalYearStartMonth": 0,
+            "graphTooltip": 1,
+            "id": None,
+            "links": [
+                {
+                    "asDropdown": False,
+                    "icon": "external link",
+                    "includeVars": True,
+                    "keepTime": True,
+                    "tags": [TAG],
+                    "targetBlank": False,
+                    "title": "Mail dashboards",
+                    "tooltip": "",
+                    "type": "dashboards",
+                    "url": "",
+                }
+            ],
+            "panels": self.panels,
+            "refresh": "1m",
+            "schemaVersion": SCHEMA_VERSION,
+            "tags": [TAG],
+            "templating": {"list": variables},
+            "time": {"from": "now-6h", "to": "now"},
+            "timepicker": {},
+            "timezone": "browser",
+            "title": self.title,
+            "uid": UIDS[self.key],
+            "version": 1,
+            "weekStart": "",
+        }
+
+
+def _last() -> Json:
+    return {"calcs": ["lastNotNull"], "fields": "", "values": False}
+
+
+def _by(labels: str, expr: str, agg: str = "max") -> str:
+    return f"{agg} by ({labels}) ({expr})"
+
+
+def _rate_sum(labels: str, metric: str, extra: str = "", fn: str = "increase") -> str:
+    return f"sum by ({labels}) ({fn}({sel(metric, extra)}[$__rate_interval]))"
+
+
+def _quantile(q: float) -> str:
+    return f"histogram_quantile({q}, {_rate_sum('route, le', 'mail_roundtrip_latency_seconds_bucket', fn='rate')})"
+
+
+# --- the dashboards --------------------------------------------------------------------------------------
+
+
+def overview() -> Board:
+    b = Board(
+        "overview", "Mail: overview", "On-call overview: SLO, MX health, round trips, queues, incidents, RPO/RTO."
+    )
+    b.row("Service level")
+    b.stat(
+        "Round-trip SLO (30d)",
+        "Share of round-trip probes delivered in time over 30 days (mail:roundtrip_success:ratio_rate30d), "
+        "per route. Red below the 99.9% objective.",
+        "percentunit",
+        [target(sel("mail:roundtrip_success:ratio_rate30d"), "{{route}}")],
+        steps=thresholds((None, "red"), (0.999, "green")),
+        extra_defaults={"decimals": 3},
+    )
+    b.stat(
+        "Error budget remaining (30d)",
+        "Share of the 30-day round-trip error budget still unspent (1 - burn rate over 30d). "
+        "Below 0 the SLO is missed.",
+        "percentunit",
+        [target(sel("mail:roundtrip_error_budget:remaining_ratio30d"), "{{route}}")],
+        steps=thresholds((None, "red"), (0, "orange"), (0.25, "green")),
+    )
+    b.stat(
+        "Active alerts",
+        "Mail alerts firing in Prometheus now (ALERTS with alertstate=firing). Details in Alertmanager.",
+        "short",
+        [target("count(" + sel("ALERTS", 'alertstate="firing"') + ")", "firing")],
+        steps=thresholds((None, "green"), (1, "red")),
+        no_value="0",
+    )
+    b.stat(
+        "Open incidents",
+        "Incidents open now, per service (from Alertmanager notifications received by the exporter).",
+        "short",
+        [target(_by("service", sel("mail_incidents_open"), "sum"), "{{service}}")],
+        steps=thresholds((None, "green"), (1, "red")),
+        no_value="0",
+    )
+    b.bargauge(
+        "MX hosts healthy per domain",
+        "MX hosts of each domain that accept mail now, against the MX records published. "
+        "Healthy below published means an MX host is down; below the wanted minimum, redundancy is lost.",
+        "short",
+        [
+            target(_by("domain", sel("mail_mx_healthy")), "{{domain}} healthy", instant=True),
+            target(_by("domain", sel("mail_mx_records")), "{{domain}} published", instant=True),
+        ],
+        w=8,
+        h=5,
+        steps=thresholds((None, "red"), (1, "green")),
+    )
+    b.row("Round trips and queues")
+    b.timeseries(
+        "Round-trip success (5m)",
+        "Share of round-trip probes delivered in time over the last 5 minutes, per route "
+        "(mail:roundtrip_success:ratio_rate5m).",
+        "percentunit",
+        [target(sel("mail:roundtrip_success:ratio_rate5m"), "{{route}}")],
+        extra_defaults={"min": 0, "max": 1},
+    )
+    b.timeseries(
+        "Round-trip latency p50 / p95",
+        "Time from the end of SMTP DATA to the probe seen in the mailbox: median and 95th percentile per route, "
+        "from the latency histogram.",
+        "s",
+        [target(_quantile(0.5), "p50 {{route}}"), target(_quantile(0.95), "p95 {{route}}")],
+    )
+    b.timeseries(
+        "Queue depth and oldest message",
+        "Messages in each mail queue (left axis) and the age of the oldest one (right axis, dashed). "
+        "A growing oldest age with a flat depth is a stuck message.",
+        "short",
+        [
+            target(_by("source, queue", sel("mail_queue_messages"), "sum"), "{{source}}/{{queue}}"),
+            target(_by("source, queue", sel("mail_queue_oldest_message_age_seconds")), "oldest {{source}}/{{queue}}"),
+        ],
+    )
+    # the oldest age in seconds on its own axis
+    b.panels[-1]["fieldConfig"]["overrides"] = [
+        {
+            "matcher": {"id": "byFrameRefID", "options": "B"},
+            "properties": [
+                {"id": "unit", "value": "s"},
+                {"id": "custom.axisPlacement", "value": "right"},
+                {"id": "custom.lineStyle", "value": {"dash": [10, 10], "fill": "dash"}},
+            ],
+        }
+    ]
+    b.row("Continuity")
+    b.bargauge(
+        "RPO estimate vs target",
+        "Estimated data loss window of each dataset (smallest healthy replica lag, else the age of the newest "
+        "good backup) against its recovery point objective.",
+        "s",
+        [
+            target(sel("mail_rpo_estimate_seconds"), "{{dataset}} estimate", instant=True),
+            target(sel("mail_rpo_target_seconds"), "{{dataset}} target", instant=True),
+        ],
+        w=12,
+        h=6,
+    )
+    b.bargauge(
+        "RTO estimate vs target",
+        "Estimated recovery time of each service (p90 of recent recoveries, or the last drill's failover time) "
+        "against its recovery time objective.",
+        "s",
+        [
+            target(sel("mail_rto_estimate_seconds"), "{{service}} estimate", instant=True),
+            target(sel("mail_rto_target_seconds"), "{{service}} target", instant=True),
+        ],
+        w=12,
+        h=6,
+    )
+    return b
+
+
+def delivery() -> Board:
+    b = Board("delivery", "Mail: delivery and queues", "Round-trip delivery, per-hop delays and mail queues.")
+    b.row("Round trips")
+    b.heatmap(
+        "Round-trip latency heatmap",
+        "Distribution of round-trip latencies (end of SMTP DATA to the probe seen in the mailbox), from the "
+        "buckets of mail_roundtrip_latency_seconds. A band moving up is delivery slowing down.",
+        "s",
+        [target(_rate_sum("le", "mail_roundtrip_latency_seconds_bucket"), "{{le}}", fmt="heatmap")],
+        w=12,
+    )
+    b.bars(
+        "Probe outcomes",
+        "Round-trip probes per outcome and route: delivered, late, lost, junk, send_failed, receive_failed. "
+        "Anything but delivered spends error budget.",
+        "short",
+        [target(_rate_sum("route, result", "mail_roundtrip_probes_total"), "{{route}} {{result}}")],
+        w=12,
+    )
+    b.timeseries(
+        "Per-hop delay",
+        "Delay of each hop of the last delivered probe, from its Received headers. The slow hop is the one "
+        "to look at when the round trip is slow.",
+        "s",
+        [target(sel("mail_roundtrip_hop_delay_seconds"), "{{route}} {{hop}}")],
+    )
+    b.timeseries(
+        "Server delivery time",
+        "Delivery time of the last probe according to the Received header of the last hop, per route.",
+        "s",
+        [target(sel("mail_roundtrip_server_delivery_seconds"), "{{route}}")],
+    )
+    b.timeseries(
+        "Time since last delivered probe",
+        "Seconds since a probe of each route was last delivered in time.",
+        "s",
+        [target(f"time() - {sel('mail_roundtrip_last_success_timestamp_seconds')}", "{{route}}")],
+    )
+    b.row("Queues")
+    b.timeseries(
+        "Queued messages per source",
+        "Messages in all queues of each queue source (MTA or spool).",
+        "short",
+        [target(_by("source", sel("mail_queue_messages"), "sum"), "{{source}}")],
+    )
+    b.timeseries(
+        "Queued messages per queue",
+        "Messages in each queue of each source (incoming, active, deferred, hold ...).",
+        "short",
+        [target(_by("source, queue", sel("mail_queue_messages"), "sum"), "{{source}}/{{queue}}")],
+    )
+    b.timeseries(
+        "Queue size",
+        "Bytes in each queue of each source.",
+        "bytes",
+        [target(_by("source, queue", sel("mail_queue_size_bytes"), "sum"), "{{source}}/{{queue}}")],
+    )
+    b.bargauge(
+        "Queue age distribution",
+        "Messages queued now by age (cumulative buckets of the gauge histogram mail_queue_message_age_seconds). "
+        "Mail in the high buckets has been waiting too long.",
+        "short",
+        [
+            target(
+                _by("le", sel("mail_queue_message_age_seconds_bucket"), "sum"),
+                "{{le}}",
+                instant=True,
+                fmt="heatmap",
+            )
+        ],
+        options={"displayMode": "gradient", "orientation": "vertical", "reduceOptions": _last()},
+    )
+    b.timeseries(
+        "Oldest queued message",
+        "Age of the oldest message in each queue.",
+        "s",
+        [target(_by("source, queue", sel("mail_queue_oldest_message_age_seconds")), "{{source}}/{{queue}}")],
+    )
+    b.states(
+        "Queue sources readable",
+        "Whether the last read of each queue source succeeded. A failed read leaves the queue figures stale.",
+        "bool_yes_no",
+        [target(sel("mail_queue_up"), "{{source}}")],
+        steps=thresholds((None, "red"), (1, "green")),
+    )
+    b.bargauge(
+        "Deferral reasons",
+        "Deferred messages by classified reason (connection refused, timeout, 4xx reply ...).",
+        "short",
+        [target(_by("source, reason", sel("mail_queue_deferred_reason_messages"), "sum"), "{{source}} {{reason}}")],
+        w=12,
+    )
+    b.bargauge(
+        "Top deferred destinations",
+        "Deferred messages by destination domain (the exporter keeps the top N, the rest as other).",
+        "short",
+        [
+            target(
+                f"topk(10, {_by('domain', sel('mail_queue_deferred_destination_messages'), 'sum')})",
+                "{{domain}}",
+                instant=True,
+            )
+        ],
+        w=12,
+    )
+    return b
+
+
+def continuity() -> Board:
+    b = Board("continuity", "Mail: continuity", "Incidents, MTTR, MTBF, availability, RPO, RTO, drills, maintenance.")
+    b.row("Recovery and availability")
+    b.timeseries(
+        "MTTR vs target",
+        "Mean time to recover of each service over each window, against its MTTR objective (dashed).",
+        "s",
+        [
+            target(sel("mail_mttr_seconds"), "{{service}} {{window}}"),
+            target(sel("mail_mttr_target_seconds"), "{{service}} target"),
+        ],
+    )
+    b.timeseries(
+        "MTBF",
+        "Mean time between failures of each service over each window. Shorter is worse.",
+        "s",
+        [target(sel("mail_mtbf_seconds"), "{{service}} {{window}}")],
+    )
+    b.timeseries(
+        "Availability vs target",
+        "Availability of each service over each window (maintenance excluded) against its objective.",
+        "percentunit",
+        [
+            target(sel("mail_availability_ratio"), "{{service}} {{window}}"),
+            target(sel("mail_availability_target_ratio"), "{{service}} target"),
+        ],
+        extra_defaults={"decimals": 4},
+    )
+    b.bars(
+        "Incidents opened",
+        "Incidents opened per service and severity (increase of mail_incidents_total).",
+        "short",
+        [target(_rate_sum("service, severity", "mail_incidents_total"), "{{service}} {{severity}}")],
+    )
+    b.timeseries(
+        "Open incidents and oldest",
+        "Incidents open now per service (left) and the age of the oldest open incident (right).",
+        "short",
+        [
+            target(_by("service", sel("mail_incidents_open"), "sum"), "open {{service}}"),
+            target(sel("mail_incident_oldest_open_seconds"), "oldest {{service}}"),
+        ],
+    )
+    b.panels[-1]["fieldConfig"]["overrides"] = [
+        {
+            "matcher": {"id": "byFrameRefID", "options": "B"},
+            "properties": [{"id": "unit", "value": "s"}, {"id": "custom.axisPlacement", "value": "right"}],
+        }
+    ]
+    b.timeseries(
+        "Downtime per window",
+        "Downtime of each service over each window, maintenance excluded.",
+        "s",
+        [target(sel("mail_downtime_seconds"), "{{service}} {{window}}")],
+    )
+    b.row("Recovery point and time")
+    b.timeseries(
+        "RPO estimate vs target",
+        "Estimated data loss window of each dataset against its recovery point objective.",
+        "s",
+        [
+            target(sel("mail_rpo_estimate_seconds"), "{{dataset}} estimate"),
+            target(sel("mail_rpo_target_seconds"), "{{dataset}} target"),
+        ],
+    )
+    b.timeseries(
+        "Backup age",
+        "Time since the newest good backup of each dataset and source.",
+        "s",
+        [target(f"time() - {sel('mail_backup_last_success_timestamp_seconds')}", "{{dataset}}/{{backup}}")],
+    )
+    b.timeseries(
+        "Replication lag",
+        "Replication lag of each replica: a canary written on the primary and seen on the replica.",
+        "s",
+        [target(sel("mail_replication_lag_seconds"), "{{dataset}}/{{replica}}")],
+    )
+    b.timeseries(
+        "RTO estimate vs target",
+        "Estimated recovery time of each service against its recovery time objective.",
+        "s",
+        [
+            target(sel("mail_rto_estimate_seconds"), "{{service}} estimate"),
+            target(sel("mail_rto_target_seconds"), "{{service}} target"),
+        ],
+    )
+    b.row("Drills, maintenance and notifications")
+    b.bargauge(
+        "Time since last drill",
+        "Time since the last failover or restore drill of each service (alerts labelled drill=true). "
+        "A service never drilled shows the time since 1970.",
+        "s",
+        [target(f"time() - {sel('mail_drill_last_timestamp_seconds')}", "{{service}}", instant=True)],
+        steps=thresholds((None, "green"), (90 * 86400, "red")),
+    )
+    b.states(
+        "Maintenance windows",
+        "1 while a planned maintenance window of the service is open: alerts then count as maintenance.",
+        "bool_yes_no",
+        [target(sel("mail_maintenance_active"), "{{service}}")],
+        steps=thresholds((None, "green"), (1, "blue")),
+    )
+    b.bars(
+        "Alertmanager notifications",
+        "Alertmanager notifications received by the exporter, by outcome. Anything but accepted means "
+        "incidents are being missed.",
+        "short",
+        [target(_rate_sum("result", "mail_webhook_notifications_total"), "{{result}}")],
+    )
+    return b
+
+
+def domain() -> Board:
+    b = Board("domain", "Mail: domain and endpoint detail", "Per domain, MX and endpoint: up, phases, TLS, DNS, DNSBL.")
+    b.query_variable("domain", f"label_values({sel('mail_mx_records')}, domain)")
+    b.query_variable("check", f"label_values({sel('mail_probe_phase_duration_seconds')}, check)")
+    dom = 'domain=~"$domain"'
+    chk = 'check=~"$check"'
+    b.row("MX and endpoints")
+    b.timeseries(
+        "MX hosts healthy vs published",
+        "MX hosts of the domain accepting mail, against the MX records published and the wanted minimum.",
+        "short",
+        [
+            target(sel("mail_mx_healthy", dom), "{{domain}} healthy"),
+            target(sel("mail_mx_records", dom), "{{domain}} published"),
+            target(sel("mail_mx_min_healthy", dom), "{{domain}} wanted"),
+        ],
+    )
+    b.states(
+        "SMTP up",
+        "Whether banner, EHLO and (if configured) STARTTLS and AUTH succeeded, per MX host and SMTP endpoint "
+        "(check is the domain for MX hosts, the endpoint name otherwise).",
+        "bool_yes_no",
+        [target(sel("mail_smtp_up", chk), "{{check}} {{target}}")],
+        steps=thresholds((None, "red"), (1, "green")),
+    )
+    b.states(
+        "IMAP up",
+        "Whether greeting, TLS, LOGIN and SELECT succeeded, per IMAP endpoint.",
+        "bool_yes_no",
+        [target(sel("mail_imap_up", chk), "{{check}} {{target}}")],
+        steps=thresholds((None, "red"), (1, "green")),
+    )
+    b.timeseries(
+        "Probe phase durations",
+        "Duration of each phase (connect, banner, ehlo, starttls, auth ...) of the last probe per target. "
+        "The phase that grows is where the time goes.",
+        "s",
+        [target(sel("mail_probe_phase_duration_seconds", chk), "{{target}} {{phase}}")],
+        w=12,
+    )
+    b.bars(
+        "Probe failures by reason",
+        "Failed probes per target and reason (refused, timeout, tls, auth ...).",
+        "short",
+        [target(_rate_sum("check, target, reason", "mail_probe_failures_total", chk), "{{target}} {{reason}}")],
+        w=12,
+    )
+    b.timeseries(
+        "SMTP reply code",
+        "Last SMTP reply code seen in the dialog with each target.",
+        "none",
+        [target(sel("mail_smtp_reply_code", chk), "{{target}}")],
+    )
+    b.row("TLS")
+    b.bargauge(
+        "TLS certificate days left",
+        "Days until the leaf certificate of each target expires (present even when the certificate is invalid).",
+        "d",
+        [
+            target(
+                f"({sel('mail_tls_cert_expiry_timestamp_seconds', chk)} - time()) / 86400",
+                "{{target}}",
+                instant=True,
+            )
+        ],
+        w=12,
+        steps=thresholds((None, "red"), (7, "orange"), (21, "green")),
+    )
+    b.states(
+        "TLS certificate valid",
+        "Whether the certificate chain and host name of each target verify.",
+        "bool_yes_no",
+        [target(sel("mail_tls_cert_valid", chk), "{{target}}")],
+        w=12,
+        steps=thresholds((None, "red"), (1, "green")),
+    )
+    b.row("DNS and DNSBL")
+    b.states(
+        "DNS records",
+        "Whether each DNS record checked (MX, SPF, DMARC, MTA-STS, TLS-RPT, DKIM) is present and well formed.",
+        "bool_yes_no",
+        [target(sel("mail_dns_record_ok", dom), "{{domain}} {{record}}")],
+        steps=thresholds((None, "red"), (1, "green")),
+    )
+    b.states(
+        "DNSBL listings",
+        "1 while an address of the domain (MX or sending IP) is listed on a DNS blocklist.",
+        "bool_yes_no",
+        [target(sel("mail_dnsbl_listed", dom), "{{address}} on {{zone}}")],
+        steps=thresholds((None, "green"), (1, "red")),
+    )
+    b.bars(
+        "DNSBL lookup errors",
+        "DNSBL lookups that failed or returned a blocklist error code, per zone and reason. "
+        "Listings are unknown while lookups fail.",
+        "short",
+        [target(_rate_sum("zone, reason", "mail_dnsbl_errors_total", dom), "{{zone}} {{reason}}")],
+    )
+    return b
+
+
+BUILDERS: dict[str, Callable[[], Board]] = {
+    "overview": overview,
+    "delivery": delivery,
+    "continuity": continuity,
+    "domain": domain,
+}
+
+
+def render() -> dict[Path, str]:
+    """Every dashboard file and its text."""
+    out = {}
+    for key, build in BUILDERS.items():
+        board = build().to_json()
+        out[HERE / f"{UIDS[key]}.json"] = json.dumps(board, indent=2, sort_keys=True) + "\n"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="exit 1 if a committed dashboard differs")
+    args = parser.parse_args(argv)
+    drift = []
+    for path, text in render().items():
+        current = path.read_text() if path.exists() else None
+        if current == text:
+            continue
+        if args.check:
+            drift.append(path.name)
+        else:
+            path.write_text(text)
+            print(f"wrote {path.relative_to(HERE.parent)}")
+    if drift:
+        print(f"dashboards out of date: {', '.join(drift)}; run: python dashboards/build.py", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

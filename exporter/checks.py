@@ -10,7 +10,10 @@ mx         discover a domain's MX hosts and probe every address on its SMTP port
 dns        check a domain's DNS posture (MX, SPF, DMARC, MTA-STS, TLS-RPT, DKIM)
 dnsbl      look every MX address and sending IP up on the configured blocklists
 queue      read a mail queue (Postfix, Exim, a directory, a command)
+route      send a probe message and find it in the mailbox (``routes:``)
 ========== =================================================================
+
+Backup, replica and reconcile checks come from :mod:`exporter.continuity`.
 
 The same prober functions serve ``/probe`` through :data:`PROBERS`.
 """

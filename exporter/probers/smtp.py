@@ -224,21 +224,7 @@ class _SmtpProbe:
         self.hostname = settings.server_name or settings.tls_settings.server_name or host
 
     async def execute(self) -> bool:
-        run = self.run
-        run.start()
-        try:
-            async with asyncio.timeout(self.settings.max_duration):
-                await self._dialog()
-        except ProbeFailure as failure:
-            run.fail(failure)
-            return False
-        except TimeoutError:  # our own backstop, not the caller's timeout
-            run.fail(ProbeFailure("timeout", f"probe exceeded its own limit of {self.settings.max_duration:g}s"))
-            return False
-        finally:
-            run.finish()
-        run.succeed()
-        return True
+        return await self.run.drive(self._dialog, self.settings.max_duration)
 
     # helpers ---------------------------------------------------------------------------------
     def _code(self, reply: Reply) -> None:

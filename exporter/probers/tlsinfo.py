@@ -400,6 +400,27 @@ class ProbeRun:
         self.failed = False
 
     # metrics ------------------------------------------------------------------------------
+    async def drive(self, dialog: Callable[[], Awaitable[None]], max_duration: float) -> bool:
+        """Run a prober's dialog and record its outcome: the shared skeleton of every prober.
+
+        ``max_duration`` is only a backstop; the caller's own timeout cancels the task
+        (``CancelledError``) and the caller records reason ``timeout`` itself.
+        """
+        self.start()
+        try:
+            async with asyncio.timeout(max_duration):
+                await dialog()
+        except ProbeFailure as failure:
+            self.fail(failure)
+            return False
+        except TimeoutError:  # our own backstop, not the caller's timeout
+            self.fail(ProbeFailure("timeout", f"probe exceeded its own limit of {max_duration:g}s"))
+            return False
+        finally:
+            self.finish()
+        self.succeed()
+        return True
+
     def start(self) -> None:
         self.sink.init_failures(self.protocol, self.check, self.target)
         self.sink.gauge(self.up_family, 0, check=self.check, target=self.target)

@@ -159,7 +159,8 @@ PORT_DEAD_RELAY=2999
 VMAIL_USER=mcevmail
 USERS=(probe@example.test ops@example.test archive@archive.example.test replica@example.test)
 SERVICES=(postfix dovecot lmtp unbound prometheus alertmanager)
-PACKAGES=(postfix dovecot-imapd dovecot-lmtpd dovecot-sieve unbound prometheus prometheus-alertmanager openssl)
+PACKAGES=(postfix dovecot-imapd dovecot-lmtpd dovecot-sieve unbound prometheus prometheus-alertmanager openssl
+    prometheus-blackbox-exporter prometheus-postfix-exporter iproute2)  # the last three: benchmarks only
 BINARIES=(postfix postconf postqueue postsuper dovecot doveadm doveconf sievec unbound unbound-checkconf prometheus prometheus-alertmanager openssl python3)
 
 MARKER_NAME=.mce-teststack

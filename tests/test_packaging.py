@@ -72,6 +72,28 @@ def test_console_script_and_module_entry_point() -> None:
         assert flag in out
 
 
+def test_every_runtime_import_is_a_declared_dependency() -> None:
+    """A module imported by exporter/ must come from the stdlib or a declared dependency
+    (a test-only package that happens to pull it in is not enough)."""
+    import ast
+
+    declared = {"aiohttp", "aioimaplib", "aiosmtplib", "cryptography", "dns", "prometheus_client", "yaml",
+                "yarl", "multidict"}  # yarl and multidict are aiohttp's own dependencies
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    names = {d.split(">")[0].split("=")[0].strip().lower() for d in meta["project"]["dependencies"]}
+    assert {"aiohttp", "aioimaplib", "aiosmtplib", "cryptography", "dnspython", "prometheus-client",
+            "pyyaml"} <= names
+    found: set[str] = set()
+    for path in (ROOT / "exporter").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    third_party = {m for m in found if m not in sys.stdlib_module_names and m != "exporter"}
+    assert third_party <= declared, f"undeclared runtime imports: {sorted(third_party - declared)}"
+
+
 def test_readme_quick_start_commands_exist() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "pip install . && mail-continuity-exporter" in readme

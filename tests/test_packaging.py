@@ -77,12 +77,20 @@ def test_every_runtime_import_is_a_declared_dependency() -> None:
     (a test-only package that happens to pull it in is not enough)."""
     import ast
 
-    declared = {"aiohttp", "aioimaplib", "aiosmtplib", "cryptography", "dns", "prometheus_client", "yaml",
-                "yarl", "multidict"}  # yarl and multidict are aiohttp's own dependencies
+    declared = {
+        "aiohttp",
+        "aioimaplib",
+        "aiosmtplib",
+        "cryptography",
+        "dns",
+        "prometheus_client",
+        "yaml",
+        "yarl",
+        "multidict",
+    }  # yarl and multidict are aiohttp's own dependencies
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     names = {d.split(">")[0].split("=")[0].strip().lower() for d in meta["project"]["dependencies"]}
-    assert {"aiohttp", "aioimaplib", "aiosmtplib", "cryptography", "dnspython", "prometheus-client",
-            "pyyaml"} <= names
+    assert {"aiohttp", "aioimaplib", "aiosmtplib", "cryptography", "dnspython", "prometheus-client", "pyyaml"} <= names
     found: set[str] = set()
     for path in (ROOT / "exporter").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):

@@ -280,12 +280,7 @@ class _ImapProbe:
         """Connect, (implicit TLS), greeting, CAPABILITY, (STARTTLS): up to the handshake."""
         run = self.run
         mode = self.settings.tls
-        conn = await run.connect(self.host, self.port)
-        if mode == "implicit" and ctx is not None:
-            started = time.monotonic()
-            await conn.start_tls(ctx, self.hostname, "tls")
-            run.phase("tls", started)
-            run.trace(f"-- TLS established ({conn.tls_version})")
+        conn = await run.open(self.host, self.port, ctx if mode == "implicit" else None, self.hostname)
         started = time.monotonic()
         budget = [1]
         raw = await _read_logical_line(conn.reader, "greeting", run.tracer, budget)

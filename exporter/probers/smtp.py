@@ -266,12 +266,7 @@ class _SmtpProbe:
         """Connect, (implicit TLS), banner, EHLO, (STARTTLS): up to and including the handshake."""
         run = self.run
         mode = self.settings.tls
-        conn = await run.connect(self.host, self.port)
-        if mode == "implicit" and ctx is not None:
-            started = time.monotonic()
-            await conn.start_tls(ctx, self.hostname, "tls")
-            run.phase("tls", started)
-            run.trace(f"-- TLS established ({conn.tls_version})")
+        conn = await run.open(self.host, self.port, ctx if mode == "implicit" else None, self.hostname)
         started = time.monotonic()
         banner = await self._reply(conn, "banner")
         self._expect(banner, "banner", 220)

@@ -400,6 +400,16 @@ class ProbeRun:
         self.failed = False
 
     # metrics ------------------------------------------------------------------------------
+    async def open(self, host: str, port: int, implicit_tls: ssl.SSLContext | None, hostname: str) -> Conn:
+        """Connect; with ``implicit_tls`` (SMTPS, IMAPS) also do the handshake at once (phase ``tls``)."""
+        conn = await self.connect(host, port)
+        if implicit_tls is not None:
+            started = time.monotonic()
+            await conn.start_tls(implicit_tls, hostname, "tls")
+            self.phase("tls", started)
+            self.trace(f"-- TLS established ({conn.tls_version})")
+        return conn
+
     async def drive(self, dialog: Callable[[], Awaitable[None]], max_duration: float) -> bool:
         """Run a prober's dialog and record its outcome: the shared skeleton of every prober.
 

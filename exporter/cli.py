@@ -16,7 +16,9 @@ from pathlib import Path
 from aiohttp import web
 
 from exporter import __version__
+from exporter.decode import parse_duration
 from exporter.errors import ConfigError, ExporterError
+from exporter.http import Timeouts
 
 DEFAULT_PORT = 10587
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
@@ -64,6 +66,47 @@ def build_parser() -> argparse.ArgumentParser:
         "(all interfaces; port 10587 is not used by any well-known exporter).",
     )
     p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="PATH",
+        default=None,
+        help="Web config (exporter-toolkit format): TLS, client certificates, basic auth, headers, rate limit. "
+        "Applies to every endpoint. Re-read on SIGHUP and POST /-/reload. See docs/security.md.",
+    )
+    p.add_argument(
+        "--web.healthy-without-auth",
+        dest="healthy_without_auth",
+        action="store_true",
+        help="Serve /-/healthy without basic auth (for container and load-balancer health checks). "
+        "TLS still applies. Default: every endpoint needs auth when the web config sets basic_auth_users.",
+    )
+    p.add_argument(
+        "--web.read-header-timeout",
+        dest="read_header_timeout",
+        metavar="DURATION",
+        type=_duration,
+        default=Timeouts.read_header,
+        help="Close a connection whose request headers (or TLS handshake) are not complete within this time "
+        "(slowloris). 0 disables. Default: 10s",
+    )
+    p.add_argument(
+        "--web.read-timeout",
+        dest="read_timeout",
+        metavar="DURATION",
+        type=_duration,
+        default=Timeouts.read,
+        help="Answer 408 when a request body (the /alertmanager webhook) takes longer than this to arrive. "
+        "Default: 30s",
+    )
+    p.add_argument(
+        "--web.idle-timeout",
+        dest="idle_timeout",
+        metavar="DURATION",
+        type=_duration,
+        default=Timeouts.idle,
+        help="Close a keep-alive connection idle for this long. Default: 2m",
+    )
+    p.add_argument(
         "--storage.path",
         dest="storage_path",
         metavar="DIR",
@@ -87,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text) if text != "0" else 0.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected a duration like "10s", got "{text}"') from None
+
+
 def parse_listen(address: str) -> tuple[str | None, int]:
     """``:10587`` -> (None, 10587) meaning all interfaces; ``127.0.0.1:10587``; ``[::1]:10587``."""
     host, sep, port = address.rpartition(":")
@@ -97,29 +147,58 @@ def parse_listen(address: str) -> tuple[str | None, int]:
 
 
 def _config_check(args: argparse.Namespace) -> int:
+    """``--config.check``: validate the configuration and, when given, the web config."""
     from exporter import app, checks, config
 
+    status = 0
     try:
         cfg = config.load(args.config_file) if args.config_file else app.default_config()
         built = checks.build(cfg, None)
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         print(f"configuration invalid: {len(exc.issues)} error(s)", file=sys.stderr)
+        status = 1
+    else:
+        name = args.config_file or "embedded default"
+        print(f"{name}: configuration valid ({len(built)} checks)")
+    if args.web_config_file:
+        status = max(status, _web_config_check(args.web_config_file))
+    return status
+
+
+def _web_config_check(path: str) -> int:
+    from exporter.webconfig import load_file
+
+    try:
+        loaded = load_file(path)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        print(f"web config invalid: {len(exc.issues)} error(s)", file=sys.stderr)
         return 1
-    name = args.config_file or "embedded default"
-    print(f"{name}: configuration valid ({len(built)} checks)")
+    for warning in loaded.warnings:
+        print(f"{path}: warning: {warning}", file=sys.stderr)
+    tls = "TLS" if loaded.context is not None else "no TLS"
+    users = len(loaded.config.basic_auth_users)
+    print(f"{path}: web config valid ({tls}, {users} basic auth user(s))")
     return 0
 
 
 async def _serve(args: argparse.Namespace) -> int:
     from exporter.app import Exporter, Options
-    from exporter.http import make_app
+    from exporter.http import ServingSite, make_app
+    from exporter.webconfig import WebSettings
 
     try:
         host, port = parse_listen(args.listen_address)
     except ValueError as exc:
         print(str(exc), file=sys.stderr)
         return 2
+    try:
+        settings = WebSettings(args.web_config_file, args.healthy_without_auth)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        print(f"web config invalid: {len(exc.issues)} error(s)", file=sys.stderr)
+        return 1
     exporter = Exporter(Options(args.config_file, args.listen_address, args.storage_path))
     try:
         await exporter.start()
@@ -139,9 +218,16 @@ async def _serve(args: argparse.Namespace) -> int:
     gc.freeze()
     gc.set_threshold(20_000, 50, 100)
 
-    runner = web.AppRunner(make_app(exporter), access_log=None, handle_signals=False)
+    timeouts = Timeouts(args.read_header_timeout, args.read_timeout, args.idle_timeout)
+    runner = web.AppRunner(
+        make_app(exporter, settings, timeouts),
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=timeouts.idle,
+        lingering_time=timeouts.linger,
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = ServingSite(runner, host, port, ssl_context=settings.listener_context(), header_timeout=timeouts.read_header)
     try:
         await site.start()
     except OSError as exc:
@@ -156,6 +242,8 @@ async def _serve(args: argparse.Namespace) -> int:
                 "address": args.listen_address,
                 "version": __version__,
                 "config": args.config_file or "embedded default",
+                "tls": settings.listener_context() is not None,
+                "basic_auth": settings.auth.enabled,
             }
         },
     )
@@ -165,6 +253,7 @@ async def _serve(args: argparse.Namespace) -> int:
     reloads: set[asyncio.Task[tuple[bool, str]]] = set()
 
     def on_hup() -> None:
+        settings.reload()
         task = loop.create_task(exporter.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)

@@ -238,7 +238,9 @@ class Continuity:
         return False
 
     async def handle_webhook(self, request: web.Request) -> web.Response:
-        """``POST /alertmanager``."""
+        """``POST /alertmanager``.  The body must arrive within ``--web.read-timeout`` (else 408)."""
+        from exporter.http import body_timeout
+
         cfg = self.webhook_config
         if not self._authorized(request):
             self._count("unauthorized")
@@ -251,7 +253,15 @@ class Continuity:
             self._count("unsupported_media_type")
             return web.Response(status=415, text=f'Expected Content-Type "application/json", got "{ctype[:60]}".\n')
         limit = cfg.max_body_bytes
-        body = await _read_body(request, limit)
+        try:
+            async with asyncio.timeout(body_timeout(request)):
+                body = await _read_body(request, limit)
+        except TimeoutError:
+            self._count("invalid")
+            log.info("webhook body not received in time", extra={"kv": {"timeout": body_timeout(request)}})
+            resp = web.Response(status=408, text="Request body not received within --web.read-timeout.\n")
+            resp.force_close()
+            return resp
         if body is None:
             self._count("too_large")
             return web.Response(status=413, text=f"Body larger than webhook.max_body_bytes ({limit} bytes).\n")

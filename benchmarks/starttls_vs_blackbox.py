@@ -108,6 +108,7 @@ modules:
 """)
     (tmp / "mce.yml").write_text(f"""
 global: {{interval: 1h, timeout: 10s}}
+probe: {{rate_limit: {{requests_per_second: 0}}}}  # the benchmark's one client sends every probe
 endpoints:
   - {{name: starttls, protocol: smtp, address: "{smtp}", tls: starttls, helo: prober.example.test,
      tls_config: {{ca_file: "{ca}", server_name: mx1.example.test}}}}

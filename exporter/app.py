@@ -28,6 +28,7 @@ from exporter import __version__, checks, config
 from exporter.continuity.service import Continuity
 from exporter.errors import ConfigError, ExporterError
 from exporter.model import Sample
+from exporter.probe import ProbeGate
 from exporter.scheduler import Check, Scheduler
 from exporter.snapshot import Snapshot, render_samples
 
@@ -53,6 +54,7 @@ class Exporter:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.snapshot = Snapshot()
+        self.probe_gate = ProbeGate(self)  # /probe: rate limiter and refusal counters
         self.config: config.Config | None = None
         self.scheduler: Scheduler | None = None
         self.continuity: Continuity | None = None
@@ -144,6 +146,7 @@ class Exporter:
             ),
             Sample("mail_exporter_config_last_reload_successful", "", (), 1.0 if self.reload_ok else 0.0),
             Sample("mail_exporter_config_last_reload_success_timestamp_seconds", "", (), self.reload_success_time),
+            Sample("mail_exporter_asyncio_tasks", "", (), float(len(asyncio.all_tasks()))),
         ]
         if self.scheduler is not None:
             kinds: dict[str, int] = {}

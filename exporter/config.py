@@ -13,6 +13,7 @@ __all__ = [
     "Config",
     "load",
     "load_text",
+    "parse_allow_target",
     "split_address",
     "split_target",
 ]
@@ -529,6 +530,73 @@ class WebhookConfig:
         return []
 
 
+# --- /probe restrictions ------------------------------------------------------------------------
+
+#: Address classes that /probe refuses unless listed in ``probe.allow_address_classes``.
+AddressClass = Literal["loopback", "private", "link_local"]
+
+_PATTERN_RE = re.compile(r"^[A-Za-z0-9_*?-]+(\.[A-Za-z0-9_*?-]+)*\.?$")
+_IP_LIKE_RE = re.compile(r"^[0-9.*?]*[0-9][0-9.*?]*\.?$")
+
+AllowTarget = ipaddress.IPv4Network | ipaddress.IPv6Network | re.Pattern[str]
+
+
+def parse_allow_target(entry: str) -> AllowTarget:
+    """An entry of ``probe.allow_targets``: a network (CIDR or one address) or a host name pattern.
+
+    Patterns match whole host names, case-insensitively: ``*`` any run of characters
+    (dots included), ``?`` one character other than a dot.  Raises ``ValueError`` with
+    what was expected.
+    """
+    try:
+        return ipaddress.ip_network(entry, strict=True)
+    except ValueError as exc:
+        if "/" in entry or ":" in entry:
+            raise ValueError(
+                f'expected a network like "192.0.2.0/24" or "2001:db8::/32", got "{entry}" ({exc})'
+            ) from None
+    if len(entry) > 253 or not _PATTERN_RE.match(entry):
+        raise ValueError(f'expected a CIDR network or a host name pattern like "*.example.com", got "{entry}"')
+    if _IP_LIKE_RE.match(entry):
+        raise ValueError(f'IP addresses match only networks: write a CIDR like "192.0.2.0/24", not "{entry}"')
+    body = "".join({"*": ".*", "?": "[^.]"}.get(c, re.escape(c)) for c in entry.rstrip(".").lower())
+    return re.compile(body)
+
+
+@dataclass(frozen=True)
+class ProbeRateLimit:
+    """A token bucket per client address: ``burst`` requests at once, refilled at ``requests_per_second``."""
+
+    requests_per_second: float = 10.0  # 0: no limit
+    burst: int = 50
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = []
+        if self.requests_per_second < 0:
+            out.append(("requests_per_second", f"expected 0 (no limit) or more, got {self.requests_per_second}"))
+        if self.burst < 1:
+            out.append(("burst", f"expected at least 1, got {self.burst}"))
+        return out
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """What ``GET /probe`` may connect to: see docs/probe.md, "Restrictions" and "SSRF"."""
+
+    allow_targets: tuple[str, ...] = ()
+    allow_address_classes: tuple[AddressClass, ...] = ()
+    rate_limit: ProbeRateLimit = field(default_factory=ProbeRateLimit)
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = []
+        for i, entry in enumerate(self.allow_targets):
+            try:
+                parse_allow_target(entry)
+            except ValueError as exc:
+                out.append((f"allow_targets[{i}]", str(exc)))
+        return out
+
+
 # --- top level -------------------------------------------------------------------------------
 
 
@@ -541,6 +609,7 @@ class Config:
     routes: tuple[RouteConfig, ...] = ()
     continuity: ContinuityConfig = field(default_factory=ContinuityConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def validate(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []

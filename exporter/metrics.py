@@ -44,6 +44,12 @@ FAMILIES: dict[str, MetricDef] = _defs(
         (),
     ),
     ("mail_exporter_checks", "gauge", "Checks configured, by kind.", ("check",)),
+    (
+        "mail_exporter_asyncio_tasks",
+        "gauge",
+        "asyncio tasks alive in the exporter at scrape time: one per scheduled check, plus those in flight.",
+        (),
+    ),
     ("mail_exporter_check_duration_seconds", "gauge", "Duration of the last run of a check.", ("check", "name")),
     ("mail_exporter_check_success", "gauge", "Whether the last run of a check succeeded.", ("check", "name")),
     (
@@ -57,6 +63,13 @@ FAMILIES: dict[str, MetricDef] = _defs(
         "counter",
         "Runs of a check, by result (success, failure, error).",
         ("check", "name", "result"),
+    ),
+    (
+        "mail_exporter_probe_refused_total",
+        "counter",
+        "/probe requests refused, by reason (rate_limited, malformed_target, not_allowed, "
+        "loopback_address, private_address, link_local_address, reserved_address).",
+        ("reason",),
     ),
     # --- MX and redundancy ----------------------------------------------------------------
     ("mail_mx_records", "gauge", "MX records published for a domain.", ("domain",)),

@@ -20,6 +20,12 @@ What lives here:
   connection it opened (all aborted when the run ends, also on cancellation).
   :func:`read_line` reads one bounded line and turns every low-level error into a
   :class:`ProbeFailure` with a reason from :data:`exporter.model.REASONS`.
+* **The connect guard.** ``/probe`` runs checks on targets a client names, so it sets
+  :data:`CONNECT_GUARD` for the duration of a request: :meth:`ProbeRun.connect` then
+  asks the guard for the addresses of a host (it resolves and vets them, or raises
+  :class:`ProbeFailure`) and connects to those addresses, never to the name, so a
+  second DNS answer (rebinding) cannot slip past the check.  A context variable
+  reaches every task a request starts, and never the scheduled checks.
 
 Host name rules (:func:`hostname_matches`):
 
@@ -35,9 +41,11 @@ Host name rules (:func:`hostname_matches`):
 from __future__ import annotations
 
 __all__ = [
+    "CONNECT_GUARD",
     "LINE_LIMIT",
     "CertRejected",
     "Conn",
+    "ConnectGuard",
     "LeafInfo",
     "ProbeFailure",
     "ProbeRun",
@@ -59,6 +67,7 @@ import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TypeVar
@@ -78,6 +87,13 @@ LINE_LIMIT = 8192
 #: graceful close.  The probe has already succeeded by then; this only bounds the
 #: politeness.
 CLOSE_WAIT = 1.0
+
+#: Resolves and vets a host: returns the addresses a probe may connect to (at least one),
+#: or raises :class:`ProbeFailure`.  ``socket.gaierror`` passes through as reason ``dns``.
+ConnectGuard = Callable[[str, int], Awaitable[list[str]]]
+
+#: Set by ``/probe`` for one request; None (no checks) for the scheduled checks.
+CONNECT_GUARD: ContextVar[ConnectGuard | None] = ContextVar("connect_guard", default=None)
 
 #: Characters of server text kept in a transcript line or a failure message.
 _TEXT_KEEP = 200
@@ -496,7 +512,7 @@ class ProbeRun:
         """Open a TCP connection (phase ``connect``, name resolution included)."""
         started = time.monotonic()
         try:
-            reader, writer = await asyncio.open_connection(host, port, limit=LINE_LIMIT)
+            reader, writer = await _open_connection(host, port)
         except socket.gaierror as exc:
             raise ProbeFailure("dns", f"connect: cannot resolve {host}: {exc.strerror}") from None
         except UnicodeError:  # the IDNA codec rejects the name before any query is sent
@@ -519,6 +535,20 @@ class ProbeRun:
         for conn in self._conns:
             conn.abort()
         self._conns.clear()
+
+
+async def _open_connection(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to ``host``; under a :data:`CONNECT_GUARD`, only to the addresses it vetted, in order."""
+    guard = CONNECT_GUARD.get()
+    if guard is None:
+        return await asyncio.open_connection(host, port, limit=LINE_LIMIT)
+    addresses = await guard(host, port)
+    for address in addresses[:-1]:
+        try:
+            return await asyncio.open_connection(address, port, limit=LINE_LIMIT)
+        except OSError:
+            continue  # as open_connection does with a name: try the next address
+    return await asyncio.open_connection(addresses[-1], port, limit=LINE_LIMIT)
 
 
 async def dial_with_leaf_fallback(

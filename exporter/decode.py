@@ -30,6 +30,7 @@ import re
 import types
 import typing
 from collections.abc import Callable
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -61,18 +62,27 @@ def parse_duration(text: str) -> float:
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest exact spelling of a duration: 90 -> "1m30s", 0.25 -> "250ms"."""
+    """The shortest exact spelling of a duration: 90 -> "1m30s", 0.25 -> "250ms", 1.5 -> "1.5s".
+
+    Exact: ``parse_duration(format_duration(x)) == x`` for any finite ``x >= 0``.  When the
+    readable spelling would round (``0.0015`` is not a whole number of milliseconds), the
+    value is written in seconds with every digit of its ``repr``.
+    """
     if seconds == 0:
         return "0s"
-    if seconds < 1 or seconds != int(seconds):
-        return f"{round(seconds * 1000)}ms" if seconds < 1 else f"{seconds:g}s"
-    out = []
-    rest = int(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if rest >= size:
-            out.append(f"{rest // size}{unit}")
-            rest %= size
-    return "".join(out)
+    if seconds != int(seconds):
+        readable = f"{round(seconds * 1000)}ms" if seconds < 1 else f"{seconds:g}s"
+    else:
+        parts = []
+        rest = int(seconds)
+        for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+            if rest >= size:
+                parts.append(f"{rest // size}{unit}")
+                rest %= size
+        readable = "".join(parts)
+    if parse_duration(readable) == seconds:
+        return readable
+    return format(Decimal(repr(seconds)), "f") + "s"
 
 
 class _Ctx:
@@ -96,6 +106,15 @@ class _Ctx:
 # --- YAML with line numbers and duplicate-key detection ----------------------------------
 
 
+def _invalid_yaml(exc: Exception, file: str) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    if not isinstance(exc, yaml.YAMLError):  # its text may quote the value, which may be a secret
+        return ConfigError([ConfigIssue(file, "", "invalid YAML: a tagged value or a key that cannot be constructed")])
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return ConfigError([ConfigIssue(file, "", f"invalid YAML: {where}{problem}")])
+
+
 def load_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
     """Parse YAML text; return the data and a map from key path to line number.
 
@@ -104,10 +123,7 @@ def load_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([ConfigIssue(file, "", f"invalid YAML: {where}{problem}")]) from None
+        raise _invalid_yaml(exc, file) from None
     if node is None:
         return {}, {}
     lines: dict[str, int] = {}
@@ -131,7 +147,10 @@ def load_yaml(text: str, file: str) -> tuple[Any, dict[str, int]]:
             return [build(item, f"{path}[{i}]") for i, item in enumerate(n.value)]
         return constructor.construct_object(n, deep=True)
 
-    data = build(node, "")
+    try:
+        data = build(node, "")
+    except (yaml.YAMLError, ValueError, TypeError) as exc:  # an unknown tag, "!!int x", an unhashable key
+        raise _invalid_yaml(exc, file) from None
     if issues:
         raise ConfigError(issues)
     return data, lines

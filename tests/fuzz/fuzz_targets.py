@@ -1,0 +1,336 @@
+"""Fuzz targets: one per parser that reads untrusted bytes, shared by two fuzzers.
+
+``tests/test_fuzz.py`` drives them with hypothesis (bounded, in CI) and
+``benchmarks/fuzz/atheris_fuzz.py`` with atheris (coverage-guided, long runs).  Each
+target takes raw bytes, as a broken server, a hostile zone or a stray client would send
+them, and checks the parser's contract: it raises nothing but its documented error, and
+what it returns satisfies the parser's invariants.  A failed assertion or any other
+exception is a finding; the input that caused it goes into ``corpus/<target>/`` as a
+regression seed (see docs/testing.md, "Fuzzing").
+
+The ``render_*`` functions write parsed values back in the parser's input syntax, for
+the round-trip properties (``parse(render(x)) == x``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import typing
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import yaml
+
+from exporter import config as cfgmod
+from exporter import dnsrecords, received
+from exporter.continuity import webhook
+from exporter.decode import Duration, format_duration
+from exporter.errors import ConfigError, WebhookError
+from exporter.queues.showq_parse import MAX_RECIPIENTS, ShowqMessage, ShowqParser, parse_all
+from exporter.secrets import Secret
+
+CORPUS = Path(__file__).resolve().parent / "corpus"
+#: Directory that relative ``*_file`` secrets in config inputs resolve against.
+SECRETS_DIR = Path(__file__).resolve().parent / "secrets"
+#: ``${MCE_FUZZ_SECRET}`` in config seeds; set here so that every fuzzer sees the same value.
+ENV_SECRET = "env-secret-value-for-fuzzing"
+os.environ.setdefault("MCE_FUZZ_SECRET", ENV_SECRET)
+
+
+def corpus(target: str) -> list[tuple[str, bytes]]:
+    """The committed seeds of a target: ``(file name, content)``, sorted by name."""
+    return [(p.name, p.read_bytes()) for p in sorted((CORPUS / target).iterdir()) if p.is_file()]
+
+
+# --- showq ---------------------------------------------------------------------------------------
+
+
+def render_showq(messages: Iterable[ShowqMessage], announce: bool = True) -> bytes:
+    """A showq stream (attr_print0) listing ``messages``, as Postfix's showq writes it."""
+    out = [b"protocol\0mail_queue_list_protocol\0\0"] if announce else []
+    for m in messages:
+        attrs = [
+            ("queue_name", m.queue_name),
+            ("queue_id", m.queue_id),
+            ("time", str(m.arrival_time)),
+            ("size", str(m.size)),
+            ("forced_expire", "1" if m.forced_expire else "0"),
+            ("sender", m.sender),
+        ]
+        attrs += [pair for address, reason in m.recipients for pair in (("recipient", address), ("reason", reason))]
+        out.append(b"".join(k.encode() + b"\0" + v.encode() + b"\0" for k, v in attrs) + b"\0")
+    out.append(b"\0")
+    return b"".join(out)
+
+
+def _parse_chunked(data: bytes, size: int) -> tuple[list[ShowqMessage], str | None]:
+    return parse_all(data[i : i + size] for i in range(0, len(data), size))
+
+
+def check_showq(data: bytes) -> None:
+    messages, error = parse_all([data])
+    # Chunking never matters (a socket delivers any split).
+    for size in (1, 7, max(1, len(data) // 3)):
+        if size == 1 and len(data) > 4096:
+            continue
+        assert _parse_chunked(data, size) == (messages, error), f"chunks of {size} bytes differ"
+    parser = ShowqParser()
+    parser.feed(data)
+    parser.close()
+    assert parser.error == error
+    assert error is not None or parser.done  # after close(): a clean end, or an error saying why
+    assert error is None or (error and error.isprintable())
+    for m in messages:
+        assert m.arrival_time >= 0 and m.size >= 0
+        assert len(m.recipients) <= MAX_RECIPIENTS
+        assert m.recipient_count >= len(m.recipients)
+        assert m.recipient_count == len(m.recipients) or len(m.recipients) == MAX_RECIPIENTS
+    # A stream cut short yields a prefix of the messages, and an error.
+    half, half_error = parse_all([data[: len(data) // 2]])
+    assert half == messages[: len(half)]
+    assert error is not None or half_error is not None
+
+
+# --- Received headers ---------------------------------------------------------------------------
+
+_HOP_LABEL = re.compile(r"^\d+:[a-z0-9._:\[\]-]{1,64}$")
+_IP_CHARS = re.compile(r"^[0-9A-Fa-f:.]+$")
+
+
+def render_received(rec: received.Received, date: str) -> str:
+    """A Postfix-style ``Received:`` value with every clause of ``rec`` that is set."""
+    parts = []
+    if rec.from_host:
+        parts.append(f"from {rec.from_host}" + (f" ({rec.from_host} [{rec.from_ip}])" if rec.from_ip else ""))
+    for keyword, value in (("by", rec.by_host), ("with", rec.protocol), ("id", rec.id), ("for", rec.for_addr)):
+        if value:
+            parts.append(f"{keyword} {value}")
+    return "\n\t".join(parts) + f"; {date}"
+
+
+def _check_received_fields(rec: received.Received) -> None:
+    for name in ("from_host", "from_ip", "by_host", "via", "protocol", "id", "for_addr"):
+        value = getattr(rec, name)
+        assert value is None or (isinstance(value, str) and "\n" not in value and "\r" not in value), name
+    assert rec.from_ip is None or _IP_CHARS.match(rec.from_ip)
+    if rec.timestamp is None:
+        assert rec.utc_offset is None and rec.whole_seconds
+    else:
+        assert math.isfinite(rec.timestamp)
+    assert rec.utc_offset is None or abs(rec.utc_offset) < 86400
+
+
+def check_received(data: bytes) -> None:
+    text = data.decode("utf-8", "replace")
+    # The private parser: the public one swallows exceptions, which would hide a bug from the fuzzer.
+    rec = received._parse_received(text)
+    assert received.parse_received(text) == rec
+    _check_received_fields(rec)
+    date = received._parse_date(text[: received.MAX_HEADER_CHARS])
+    assert date is None or (math.isfinite(date.timestamp) and (date.utc_offset is None or abs(date.utc_offset) < 86400))
+    chain = received.parse_chain([text] * (received.MAX_HOPS + 2))
+    hops = received.hop_delays(chain, sent_at=1_700_000_000.5)
+    assert len(hops) == received.MAX_HOPS
+    for hop in hops:
+        assert _HOP_LABEL.match(hop.label), hop.label
+        assert (hop.delay is None) == (hop.timestamp is None)
+
+
+# --- Alertmanager webhook ---------------------------------------------------------------------
+
+_ERROR_PATH = re.compile(
+    r"^(body|payload|version|status|receiver|groupKey|externalURL|groupLabels|commonLabels|"
+    r"commonAnnotations|truncatedAlerts|alerts)\b"
+)
+
+
+def _check_alert_labels(labels: tuple[tuple[str, str], ...]) -> None:
+    names = [k for k, _ in labels]
+    assert names == sorted(set(names))
+    assert all(0 < len(k) <= webhook.MAX_LABEL_NAME and len(v) <= webhook.MAX_LABEL_VALUE for k, v in labels)
+
+
+def check_webhook(data: bytes) -> None:
+    try:
+        note = webhook.parse_notification(data)
+    except WebhookError as exc:
+        message = str(exc)
+        assert exc.status == 400
+        assert _ERROR_PATH.match(message), message
+        assert len(message) <= 512, len(message)
+    else:
+        assert note.status in ("firing", "resolved") and note.truncated_alerts >= 0
+        for alert in note.alerts:
+            assert re.fullmatch(r"[!-~]{1,128}", alert.fingerprint)
+            assert abs(alert.starts_ms - alert.starts_at * 1000) < 1
+            if alert.status == "resolved":
+                assert alert.ends_at is not None and alert.ends_at >= alert.starts_at
+            else:
+                assert alert.ends_at is None
+            _check_alert_labels(alert.labels)
+    try:
+        active = webhook.parse_active_alerts(data)
+    except WebhookError as exc:
+        assert exc.status == 502 and str(exc).startswith("alertmanager /api/v2/alerts: ")
+    else:
+        for a in active:
+            assert re.fullmatch(r"[!-~]{1,128}", a.fingerprint) and isinstance(a.state, str)
+            _check_alert_labels(a.labels)
+
+
+def render_notification(status: str, alerts: list[dict[str, Any]], **extra: Any) -> bytes:
+    """A version 4 webhook body, the way Alertmanager's notify/webhook writes it."""
+    body = {"version": "4", "status": status, "receiver": "mail", "groupKey": "{}:{}", "alerts": alerts, **extra}
+    return json.dumps(body).encode()
+
+
+# --- DNS TXT records -------------------------------------------------------------------------------
+
+TXT_PARSERS: dict[str, Callable[[str], dnsrecords.RecordCheck]] = {
+    "spf": dnsrecords.parse_spf,
+    "dmarc": dnsrecords.parse_dmarc,
+    "mta_sts": dnsrecords.parse_mta_sts_txt,
+    "tlsrpt": dnsrecords.parse_tlsrpt,
+    "dkim": dnsrecords.parse_dkim,
+    "mta_sts_policy": dnsrecords.parse_mta_sts_policy,
+}
+_IS = {"spf": dnsrecords.is_spf, "mta_sts": dnsrecords.is_sts, "tlsrpt": dnsrecords.is_tlsrpt}
+_SPF_LOOKUPS = {"include", "a", "mx", "ptr", "exists", "redirect"}
+_SPF_AMBIGUOUS = re.compile(r"(?:^| )[+?~-]?(?:all|include|a|mx|ptr|ip4|ip6|exists)=", re.IGNORECASE)
+
+
+_SPF_MECHANISMS = {"all", "include", "a", "mx", "ptr", "ip4", "ip6", "exists"}
+
+
+def _spf_term(name: str, value: str) -> str:
+    mechanism = name.lstrip("+-?~") in _SPF_MECHANISMS and (not value or value[0] in ":/")
+    return name + value if mechanism else f"{name}={value}"
+
+
+def render_spf(fields: Iterable[tuple[str, str]]) -> str:
+    """An SPF record from :func:`~exporter.dnsrecords.parse_spf` fields (mechanisms and modifiers)."""
+    return " ".join(["v=spf1", *(_spf_term(name, value) for name, value in fields)])
+
+
+def render_tags(fields: Iterable[tuple[str, str]], sep: str = "; ") -> str:
+    """A DMARC-style tag list, or an MTA-STS / TLS-RPT field list."""
+    return sep.join(f"{name}={value}" for name, value in fields)
+
+
+def _check_record(kind: str, text: str, result: dnsrecords.RecordCheck) -> None:
+    assert isinstance(result, dnsrecords.RecordCheck)
+    if result.ok:
+        assert result.reason == "ok"
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in result.fields)
+        if kind in _IS:
+            assert _IS[kind](text), f"{kind} parser accepts what is_{kind} rejects"
+    else:
+        assert result.fields == ()
+        assert result.reason and result.reason.isascii() and result.reason.isprintable(), result.reason
+        assert len(result.reason) <= 100, result.reason
+
+
+def _check_reparse(kind: str, text: str, result: dnsrecords.RecordCheck) -> None:
+    """A valid record, written back from its fields, parses to the same fields."""
+    fields = result.fields
+    if kind == "spf":
+        if _SPF_AMBIGUOUS.search(text):
+            return  # a modifier named like a mechanism ("include=:x"): the fields cannot tell them apart
+        names = [n.lstrip("+-?~") for n, _ in fields]
+        assert sum(n in _SPF_LOOKUPS for n in names) <= 10
+        again = dnsrecords.parse_spf(render_spf(fields))
+    elif kind == "dmarc":
+        again = dnsrecords.parse_dmarc(render_tags(fields))
+    elif kind == "mta_sts":
+        again = dnsrecords.parse_mta_sts_txt(render_tags([("v", "STSv1"), *fields]))
+    elif kind == "tlsrpt":
+        again = dnsrecords.parse_tlsrpt(render_tags([("v", "TLSRPTv1"), *fields]))
+    else:
+        return
+    assert again.ok and again.fields == fields, (kind, fields, again)
+
+
+def check_dns_txt(data: bytes) -> None:
+    text = dnsrecords.join_txt([data[:255], data[255:]])  # as read from DNS: split into character-strings
+    for kind, parse in TXT_PARSERS.items():
+        result = parse(text)
+        _check_record(kind, text, result)
+        if result.ok:
+            _check_reparse(kind, text, result)
+
+
+# --- config ------------------------------------------------------------------------------------------
+
+_LINE = re.compile(r"\(line (\d+)\)$")
+
+
+def _is_duration(tp: Any) -> bool:
+    return bool(tp == Duration or Duration in typing.get_args(tp))
+
+
+def _plain_str(value: str) -> str:
+    return value.replace("$", "$$")  # the decoder expands ${ENV} and $$ in every string
+
+
+def render_config(obj: Any, tp: Any = None) -> Any:
+    """A decoded config (or part of one) as the plain YAML data that decodes to it again."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        hints = typing.get_type_hints(type(obj), include_extras=True)
+        return {
+            str(f.metadata.get("key", f.name)): render_config(getattr(obj, f.name), hints[f.name])
+            for f in dataclasses.fields(obj)
+        }
+    if obj is None or isinstance(obj, bool | int):
+        return obj
+    if isinstance(obj, float):
+        return format_duration(obj) if _is_duration(tp) else obj
+    if isinstance(obj, Secret):
+        return _plain_str(obj.reveal())
+    if isinstance(obj, str):
+        return _plain_str(obj)
+    if isinstance(obj, tuple):
+        item_tp = next(iter(typing.get_args(tp)), None)
+        return [render_config(item, item_tp) for item in obj]
+    if isinstance(obj, MappingProxyType | dict):
+        return {k: render_config(v) for k, v in obj.items()}
+    raise TypeError(f"cannot render {type(obj).__name__}")
+
+
+def check_config_text(text: str) -> cfgmod.Config | None:
+    """Load ``text``; return the config, or None after checking the error's contract."""
+    try:
+        cfg = cfgmod.load_text(text, "fuzz.yml", SECRETS_DIR)
+    except ConfigError as exc:
+        assert exc.issues
+        n_lines = text.count("\n") + 1
+        for issue in exc.issues:
+            assert issue.file == "fuzz.yml" and issue.message, issue
+            m = _LINE.search(issue.message)
+            assert m is None or 1 <= int(m.group(1)) <= n_lines, issue
+        return None
+    again = cfgmod.load_text(yaml.safe_dump(render_config(cfg)), "again.yml")
+    assert again == cfg, "config does not round-trip through render_config"
+    return cfg
+
+
+def check_config(data: bytes) -> None:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return  # exporter.config.load refuses it before parsing ("expected UTF-8 text")
+    check_config_text(text)
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "config": check_config,
+    "showq": check_showq,
+    "received": check_received,
+    "webhook": check_webhook,
+    "dns_txt": check_dns_txt,
+}

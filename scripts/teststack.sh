@@ -39,10 +39,17 @@
 #   MCE_STACK_DIR    stack directory (default /tmp/mce-teststack); must be an
 #                    absolute path made of [A-Za-z0-9._/-].
 #   MCE_WEBHOOK_URL  Alertmanager webhook receiver URL, read at "up"
-#                    (default http://127.0.0.1:10587/alertmanager).
+#                    (default http://127.0.0.1:10587/alertmanager, the port
+#                    shifted by MCE_STACK_PORT_OFFSET).
 #   MCE_STACK_WAIT   seconds to wait for each service to answer (default 30).
+#   MCE_STACK_PORT_OFFSET
+#                    added to every port below (default 0), in the generated
+#                    configs and in stack.json, so that a second stack (e.g.
+#                    scripts/demo.sh's, offset 1000: 3525, 30090, ...) runs
+#                    beside the test stack.  Give every command of one stack
+#                    the same offset.  0 to 36442.
 #
-# Ports (all on 127.0.0.1):
+# Ports (all on 127.0.0.1; the defaults, before MCE_STACK_PORT_OFFSET):
 #   2525 Postfix smtpd, port-25 role, STARTTLS offered (valid cert), no AUTH
 #   2526/2527/2528 Postfix smtpd with STARTTLS using the expired / self-signed /
 #        wrong-host certificate
@@ -136,25 +143,34 @@ SCRIPT_PATH="$SCRIPT_DIR/$(basename -- "${BASH_SOURCE[0]}")"
 CERTS_HELPER="$SCRIPT_DIR/teststack_certs.py"
 
 STACK_DIR=${MCE_STACK_DIR:-/tmp/mce-teststack}
-WEBHOOK_URL=${MCE_WEBHOOK_URL:-http://127.0.0.1:10587/alertmanager}
 WAIT_TIMEOUT=${MCE_STACK_WAIT:-30}
+
+# Every port is shifted by this offset; the highest port (29093) must stay <= 65535.
+PORT_OFFSET=${MCE_STACK_PORT_OFFSET:-0}
+if [[ ! $PORT_OFFSET =~ ^[0-9]{1,5}$ ]] || ((10#$PORT_OFFSET > 36442)); then
+    printf 'teststack: ERROR: MCE_STACK_PORT_OFFSET: expected a whole number from 0 to 36442, got "%s"\n' \
+        "$PORT_OFFSET" >&2
+    exit 2
+fi
+PORT_OFFSET=$((10#$PORT_OFFSET))
+WEBHOOK_URL=${MCE_WEBHOOK_URL:-http://127.0.0.1:$((10587 + PORT_OFFSET))/alertmanager}
 
 HOST=127.0.0.1
 MX_HOSTNAME=mx1.example.test
-PORT_SMTP=2525
-PORT_SMTP_EXPIRED=2526
-PORT_SMTP_SELFSIGNED=2527
-PORT_SMTP_WRONGHOST=2528
-PORT_SUBMISSION=2587
-PORT_SMTPS=2465
-PORT_IMAP=2143
-PORT_IMAPS=2993
-PORT_LMTP=2424
-PORT_AUTH=2499
-PORT_DNS=2053
-PORT_PROMETHEUS=29090
-PORT_ALERTMANAGER=29093
-PORT_DEAD_RELAY=2999
+PORT_SMTP=$((2525 + PORT_OFFSET))
+PORT_SMTP_EXPIRED=$((2526 + PORT_OFFSET))
+PORT_SMTP_SELFSIGNED=$((2527 + PORT_OFFSET))
+PORT_SMTP_WRONGHOST=$((2528 + PORT_OFFSET))
+PORT_SUBMISSION=$((2587 + PORT_OFFSET))
+PORT_SMTPS=$((2465 + PORT_OFFSET))
+PORT_IMAP=$((2143 + PORT_OFFSET))
+PORT_IMAPS=$((2993 + PORT_OFFSET))
+PORT_LMTP=$((2424 + PORT_OFFSET))
+PORT_AUTH=$((2499 + PORT_OFFSET))
+PORT_DNS=$((2053 + PORT_OFFSET))
+PORT_PROMETHEUS=$((29090 + PORT_OFFSET))
+PORT_ALERTMANAGER=$((29093 + PORT_OFFSET))
+PORT_DEAD_RELAY=$((2999 + PORT_OFFSET))
 
 VMAIL_USER=mcevmail
 USERS=(probe@example.test ops@example.test archive@archive.example.test replica@example.test)
@@ -768,7 +784,7 @@ $dh_line
 ssl_min_protocol = TLSv1.2
 
 # Plaintext auth only on "secured" connections.  Dovecot counts loopback
-# connections as secured, so plain LOGIN on 2143 works without STARTTLS here.
+# connections as secured, so plain LOGIN on $PORT_IMAP works without STARTTLS here.
 disable_plaintext_auth = yes
 auth_mechanisms = plain login
 auth_username_format = %Lu
@@ -994,12 +1010,20 @@ EOF
 
 write_stack_json() {
     local tmp="$STACK_JSON.tmp"
+    local ports
+    ports=$(printf '"smtp": %d, "smtp_expired": %d, "smtp_selfsigned": %d, "smtp_wronghost": %d, ' \
+        "$PORT_SMTP" "$PORT_SMTP_EXPIRED" "$PORT_SMTP_SELFSIGNED" "$PORT_SMTP_WRONGHOST"
+        printf '"submission": %d, "smtps": %d, "imap": %d, "imaps": %d, "lmtp": %d, ' \
+            "$PORT_SUBMISSION" "$PORT_SMTPS" "$PORT_IMAP" "$PORT_IMAPS" "$PORT_LMTP"
+        printf '"dovecot_auth": %d, "dns": %d, "prometheus": %d, "alertmanager": %d, "dead_relay": %d' \
+            "$PORT_AUTH" "$PORT_DNS" "$PORT_PROMETHEUS" "$PORT_ALERTMANAGER" "$PORT_DEAD_RELAY")
     STACK_DIR="$STACK_DIR" SCRIPT_PATH="$SCRIPT_PATH" WEBHOOK_URL="$WEBHOOK_URL" \
-        DC_USERS="$DC_USERS" CERT_DIR="$CERT_DIR" UB_DIR="$UB_DIR" \
+        DC_USERS="$DC_USERS" CERT_DIR="$CERT_DIR" UB_DIR="$UB_DIR" PORTS="{$ports}" \
         python3 - "$tmp" <<'PY'
 import json, os, sys
 d = os.environ["STACK_DIR"]
 host = "127.0.0.1"
+ports = json.loads(os.environ["PORTS"])
 users = {}
 with open(os.environ["DC_USERS"]) as fh:
     for line in fh:
@@ -1007,12 +1031,6 @@ with open(os.environ["DC_USERS"]) as fh:
         users[user] = pw.replace("{PLAIN}", "", 1)
 with open(os.path.join(os.environ["CERT_DIR"], "certs.json")) as fh:
     certs = json.load(fh)
-ports = {
-    "smtp": 2525, "smtp_expired": 2526, "smtp_selfsigned": 2527, "smtp_wronghost": 2528,
-    "submission": 2587, "smtps": 2465, "imap": 2143, "imaps": 2993, "lmtp": 2424,
-    "dovecot_auth": 2499, "dns": 2053, "prometheus": 29090, "alertmanager": 29093,
-    "dead_relay": 2999,
-}
 logs = {
     "postfix": f"{d}/postfix/maillog",
     "dovecot": f"{d}/dovecot/dovecot.log",
@@ -1029,8 +1047,8 @@ data = {
     "local_domains": ["example.test", "archive.example.test"],
     "users": users,
     "ports": ports,
-    "dead_relay": {"host": host, "port": 2999},
-    "dead_mx": {"hostname": "mx2.example.test", "host": "127.0.0.2", "port": 2525},
+    "dead_relay": {"host": host, "port": ports["dead_relay"]},
+    "dead_mx": {"hostname": "mx2.example.test", "host": "127.0.0.2", "port": ports["smtp"]},
     "certs": certs,
     "postfix": {
         "config_dir": f"{d}/postfix/etc",
@@ -1053,12 +1071,12 @@ data = {
         "log": logs["unbound"],
         "pid_file": f"{d}/unbound/unbound.pid",
         "host": host,
-        "port": 2053,
+        "port": ports["dns"],
         "zones": ["example.test", "good.test", "badspf.test", "baddmarc.test",
                   "notlsrpt.test", "nomx.test", "dnsbl.test"],
     },
     "prometheus": {
-        "url": f"http://{host}:29090",
+        "url": f"http://{host}:{ports['prometheus']}",
         "config": f"{d}/prometheus/prometheus.yml",
         "rules_dir": f"{d}/prometheus/rules",
         "targets_dir": f"{d}/prometheus/targets",
@@ -1066,7 +1084,7 @@ data = {
         "log": logs["prometheus"],
     },
     "alertmanager": {
-        "url": f"http://{host}:29093",
+        "url": f"http://{host}:{ports['alertmanager']}",
         "config": f"{d}/alertmanager/alertmanager.yml",
         "data_dir": f"{d}/alertmanager/data",
         "log": logs["alertmanager"],

@@ -197,6 +197,8 @@ class DomainConfig:
             out.append(("domain", f'expected a domain name like "example.com", got "{self.domain}"'))
         if self.min_healthy_mx < 0:
             out.append(("min_healthy_mx", f"expected 0 or more, got {self.min_healthy_mx}"))
+        if not 1 <= self.max_mx_addresses <= 256:
+            out.append(("max_mx_addresses", f"expected 1 to 256, got {self.max_mx_addresses}"))
         for i, ip in enumerate(self.sending_ips):
             try:
                 ipaddress.ip_address(ip)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import os
 import signal
 import socket
@@ -12,9 +13,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -45,6 +47,25 @@ def http(
             return Response(resp.status, resp.read(), dict(resp.headers))
     except urllib.error.HTTPError as err:
         return Response(err.code, err.read(), dict(err.headers))
+
+
+def get_json(url: str) -> Any:
+    """GET a JSON API (Prometheus, Alertmanager); anything but 200 fails the test."""
+    resp = http("GET", url)
+    assert resp.status == 200, f"GET {url}: {resp.status} {resp.body[:500]!r}"
+    return json.loads(resp.body)
+
+
+def wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    """Poll until ``predicate()`` is truthy and return its value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
 
 
 def metric_values(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:

@@ -27,13 +27,13 @@ import sys
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ExporterProcess, http, run_exporter
+from helpers import ExporterProcess, get_json, http, run_exporter, wait
 from stack import Stack, tool, tool_env
 
 pytestmark = pytest.mark.slow
@@ -61,12 +61,6 @@ def load(name: str, path: Path) -> Any:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def get_json(url: str) -> Any:
-    resp = http("GET", url)
-    assert resp.status == 200, f"GET {url}: {resp.status} {resp.text[:500]}"
-    return json.loads(resp.body)
 
 
 def iso(ts: float) -> str:
@@ -248,17 +242,6 @@ def delete_messages(stack: Stack, sender: str) -> None:
             check=False,
             timeout=60,
         )
-
-
-def wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @pytest.fixture

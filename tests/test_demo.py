@@ -19,15 +19,14 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import http, metric_values
+from helpers import get_json, http, metric_values, wait
 from stack import run_script, tool_env
 
 from exporter.config import load
@@ -173,23 +172,6 @@ def demo(demo_dir: Path, *args: str, timeout: float = 300) -> subprocess.Complet
 def ok(proc: subprocess.CompletedProcess[str]) -> str:
     assert proc.returncode == 0, f"rc={proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
-
-
-def wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 1.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def get_json(url: str) -> Any:
-    resp = http("GET", url)
-    assert resp.status == 200, f"GET {url}: {resp.status} {resp.text[:300]}"
-    return json.loads(resp.body)
 
 
 def listening(port: int) -> bool:

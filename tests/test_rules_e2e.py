@@ -24,14 +24,14 @@ import sys
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from helpers import ExporterProcess, http, metric_values, run_exporter
+from helpers import ExporterProcess, get_json, http, metric_values, run_exporter, wait
 from stack import Stack
 
 pytestmark = pytest.mark.slow
@@ -50,23 +50,6 @@ def load_generate() -> Any:
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
-
-
-def wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def get_json(url: str) -> Any:
-    resp = http("GET", url)
-    assert resp.status == 200, f"GET {url}: {resp.status} {resp.text[:500]}"
-    return json.loads(resp.body)
 
 
 def post(url: str, data: Any = None) -> None:

@@ -24,7 +24,7 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter import __version__, checks, config
+from exporter import __version__, checks, config, memory
 from exporter.continuity.service import Continuity
 from exporter.errors import ConfigError, ExporterError
 from exporter.model import Sample
@@ -63,6 +63,7 @@ class Exporter:
         self.last_reload_error = ""
         self.started = time.time()
         self._reload_lock = asyncio.Lock()
+        self.collector = memory.PeriodicCollector()
         self._process_registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self._process_registry)
         PlatformCollector(registry=self._process_registry)
@@ -92,6 +93,7 @@ class Exporter:
         )
         self.scheduler.listeners.append(self.continuity.on_check_run)
         self._swap(cfg, built)
+        self.collector.start()
         if self.options.config_file is None:
             described = ", ".join(c.key for c in built) or "nothing"
             log.info("no --config.file given; using the embedded default config", extra={"kv": {"checks": described}})
@@ -128,6 +130,7 @@ class Exporter:
         return False, message
 
     async def stop(self) -> None:
+        self.collector.stop()
         if self.scheduler is not None:
             await self.scheduler.stop()
         if self.continuity is not None:

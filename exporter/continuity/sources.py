@@ -52,6 +52,7 @@ import time
 from email.utils import formatdate
 from functools import lru_cache
 
+from exporter.command import run_capped
 from exporter.config import (
     BackupConfig,
     CommandBackup,
@@ -156,31 +157,17 @@ async def run_command(argv: tuple[str, ...], timeout: float) -> str:
     if not argv:
         raise SourceError("command", "empty command")
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        async with asyncio.timeout(timeout):
+            result = await run_capped(argv, OUTPUT_LIMIT)
     except FileNotFoundError:
         raise SourceError("command", f"command not found: {argv[0]}") from None
     except PermissionError as exc:
         raise SourceError("command", f"cannot run {argv[0]}: {exc.strerror}") from None
-    try:
-        async with asyncio.timeout(timeout):
-            out, err = await proc.communicate()
     except TimeoutError:
         raise SourceError("timeout", f"{argv[0]} did not finish within {timeout:g}s") from None
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            with contextlib.suppress(Exception):
-                await proc.wait()
-    if proc.returncode != 0:
-        first = err.decode("utf-8", "replace").strip().splitlines()
-        why = first[0][:200] if first else "no message"
-        raise SourceError("command", f"{argv[0]} exited with status {proc.returncode}: {why}")
+    if result.returncode != 0:
+        raise SourceError("command", f"{argv[0]} exited with status {result.returncode}: {result.why()}")
+    out = result.stdout
     if len(out) > OUTPUT_LIMIT:
         raise SourceError("parse", f"{argv[0]}: expected one number, got more than {OUTPUT_LIMIT} bytes")
     return out.decode("utf-8", "replace")

@@ -19,13 +19,13 @@ from __future__ import annotations
 __all__ = ["OUTPUT_LIMIT", "parse_count", "read_command", "read_directory", "scan_directory"]
 
 import asyncio
-import contextlib
 import glob
 import logging
 import os
 import stat
 import time
 
+from exporter.command import run_capped
 from exporter.config import CommandQueue, DirectoryQueue
 from exporter.queues import QueueReadError, QueueStats
 
@@ -77,42 +77,17 @@ def parse_count(output: bytes) -> int:
     return int(value)
 
 
-async def _bounded(stream: asyncio.StreamReader) -> bytes:
-    """Read a stream to its end (so the command never blocks on a full pipe), keeping
-    at most ``OUTPUT_LIMIT + 1`` bytes."""
-    kept = bytearray()
-    while chunk := await stream.read(65536):
-        if len(kept) <= OUTPUT_LIMIT:
-            kept += chunk[: OUTPUT_LIMIT + 1 - len(kept)]
-    return bytes(kept)
-
-
 async def read_command(cfg: CommandQueue, log: logging.Logger) -> QueueStats:
     argv = list(cfg.command)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        result = await run_capped(argv, OUTPUT_LIMIT)
     except FileNotFoundError as exc:
         raise QueueReadError("command", f"command not found: {argv[0]}") from exc
     except PermissionError as exc:
         raise QueueReadError("permission", f"cannot run {argv[0]}: {exc.strerror}") from exc
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
-        out, err = await asyncio.gather(_bounded(proc.stdout), _bounded(proc.stderr))
-        rc = await proc.wait()
-    finally:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-    if rc != 0:
-        first = err.decode("utf-8", "replace").strip().splitlines()
-        why = first[0][:200] if first else "no message"
-        raise QueueReadError("command", f"{argv[0]} exited with status {rc}: {why}")
+    if result.returncode != 0:
+        raise QueueReadError("command", f"{argv[0]} exited with status {result.returncode}: {result.why()}")
+    out = result.stdout
     if len(out) > OUTPUT_LIMIT:
         raise QueueReadError("parse", f"expected one number, got more than {OUTPUT_LIMIT} bytes")
     stats = QueueStats((cfg.queue,))

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from exporter.command import read_capped
 from exporter.config import PostfixQueue
 from exporter.queues import POSTFIX_QUEUES, QueueReadError, QueueStats, first_reason
 
@@ -79,13 +80,6 @@ def stats_from_json_lines(lines: Iterable[bytes], now: float | None = None) -> Q
     return counter.stats
 
 
-async def _drain(stream: asyncio.StreamReader, keep: bytearray) -> None:
-    while chunk := await stream.read(65536):
-        room = STDERR_LIMIT - len(keep)
-        if room > 0:
-            keep += chunk[:room]
-
-
 async def read_postqueue(cfg: PostfixQueue, log: logging.Logger) -> QueueStats:
     argv = postqueue_argv(cfg.config_directory)
     try:
@@ -102,7 +96,7 @@ async def read_postqueue(cfg: PostfixQueue, log: logging.Logger) -> QueueStats:
         raise QueueReadError("permission", f"cannot run {POSTQUEUE}: {exc.strerror}") from exc
     assert proc.stdout is not None and proc.stderr is not None
     stderr = bytearray()
-    drain = asyncio.create_task(_drain(proc.stderr, stderr))
+    drain = asyncio.create_task(read_capped(proc.stderr, stderr, STDERR_LIMIT))
     counter = _JsonCounter()
     try:
         try:

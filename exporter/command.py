@@ -1,0 +1,62 @@
+"""Running a configured program: argv only (never a shell), bounded output, killed on cancel.
+
+Queue sources (``type: command``) and continuity sources (command backups and replicas)
+run user-supplied programs that print one short value.  Both need the same care: read
+stdout and stderr to their end so the program never blocks on a full pipe, but keep only
+the first bytes of each (a runaway program must not fill the exporter's memory); and
+when the caller's timeout cancels the read, kill and reap the process so none is left
+behind.  The callers turn the result into their own error types and reason labels.
+"""
+
+from __future__ import annotations
+
+__all__ = ["CommandResult", "read_capped", "run_capped"]
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+
+async def read_capped(stream: asyncio.StreamReader, keep: bytearray, limit: int) -> None:
+    """Read ``stream`` to its end, appending at most ``limit`` bytes of it to ``keep``."""
+    while chunk := await stream.read(65536):
+        room = limit - len(keep)
+        if room > 0:
+            keep += chunk[:room]
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int
+    stdout: bytes  # at most limit + 1 bytes, so that "longer than limit" can be told
+    stderr: bytes  # at most limit bytes
+
+    def why(self) -> str:
+        """The first line of stderr, for an error message."""
+        first = self.stderr.decode("utf-8", "replace").strip().splitlines()
+        return first[0][:200] if first else "no message"
+
+
+async def run_capped(argv: list[str] | tuple[str, ...], limit: int) -> CommandResult:
+    """Run ``argv`` with stdin closed; keep ``limit + 1`` bytes of stdout and ``limit`` of stderr.
+
+    Raises FileNotFoundError or PermissionError when the program cannot be started.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = bytearray(), bytearray()
+    try:
+        await asyncio.gather(read_capped(proc.stdout, out, limit + 1), read_capped(proc.stderr, err, limit))
+        returncode = await proc.wait()
+    finally:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            with contextlib.suppress(Exception):
+                await proc.wait()
+    return CommandResult(returncode, bytes(out), bytes(err))

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from stack import Stack  # noqa: E402
 from test_roundtrip_stack import MaildirWatch, maildir, route_cfg, saved_times  # noqa: E402
 
-from exporter.model import Sink  # noqa: E402
+from exporter.core.model import Sink  # noqa: E402
 from exporter.roundtrip.receiver import close_all  # noqa: E402
 from exporter.roundtrip.route import Route  # noqa: E402
 

@@ -136,7 +136,7 @@ READER_CHILD = r"""
 import asyncio, gc, json, logging, resource, sys, time, tracemalloc
 sys.path.insert(0, sys.argv[1])
 from exporter.config import PostfixQueue
-from exporter.model import Sink
+from exporter.core.model import Sink
 from exporter.queues import make_cache, read_queue
 
 def rss_kb():

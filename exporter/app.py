@@ -24,13 +24,14 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from exporter import __version__, checks, config, memory
+from exporter import __version__, checks, config
 from exporter.continuity.service import Continuity
-from exporter.errors import ConfigError, ExporterError
-from exporter.model import Sample
-from exporter.probe import ProbeGate
-from exporter.scheduler import Check, Scheduler
-from exporter.snapshot import Snapshot, render_samples
+from exporter.core import memory
+from exporter.core.errors import ConfigError, ExporterError
+from exporter.core.model import Sample
+from exporter.core.scheduler import Check, Scheduler
+from exporter.core.snapshot import Snapshot, render_samples
+from exporter.web.probe import ProbeGate
 
 log = logging.getLogger("exporter")
 

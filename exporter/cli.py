@@ -16,9 +16,9 @@ from pathlib import Path
 from aiohttp import web
 
 from exporter import __version__
-from exporter.decode import parse_duration
-from exporter.errors import ConfigError, ExporterError
-from exporter.http import Timeouts
+from exporter.config.decode import parse_duration
+from exporter.core.errors import ConfigError, ExporterError
+from exporter.web.server import Timeouts
 
 DEFAULT_PORT = 10587
 DEFAULT_LISTEN = f":{DEFAULT_PORT}"
@@ -167,7 +167,7 @@ def _config_check(args: argparse.Namespace) -> int:
 
 
 def _web_config_check(path: str) -> int:
-    from exporter.webconfig import load_file
+    from exporter.web.webconfig import load_file
 
     try:
         loaded = load_file(path)
@@ -185,8 +185,8 @@ def _web_config_check(path: str) -> int:
 
 async def _serve(args: argparse.Namespace) -> int:
     from exporter.app import Exporter, Options
-    from exporter.http import ServingSite, make_app
-    from exporter.webconfig import WebSettings
+    from exporter.web.server import ServingSite, make_app
+    from exporter.web.webconfig import WebSettings
 
     try:
         host, port = parse_listen(args.listen_address)
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return incidents_main(argv[1:])
     args = build_parser().parse_args(argv)
-    from exporter import logs
+    from exporter.core import logsetup as logs
 
     logs.setup(args.log_level, args.log_format)
     if args.config_check:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate the metric table in docs/metrics.md from exporter/metrics.py.
+"""Regenerate the metric table in docs/metrics.md from exporter/core/metrics.py.
 
 python scripts/gen_metrics_doc.py          # rewrite the table in place
 python scripts/gen_metrics_doc.py --check  # exit 1 if docs/metrics.md is out of date (used by the tests)
@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from exporter.metrics import FAMILIES  # noqa: E402
+from exporter.core.metrics import FAMILIES  # noqa: E402
 
 DOC = ROOT / "docs" / "metrics.md"
 BEGIN = "<!-- BEGIN GENERATED METRICS TABLE (scripts/gen_metrics_doc.py) -->"

@@ -52,7 +52,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from exporter.model import Sink
+from exporter.core.model import Sink
 
 HOST = "127.0.0.1"
 CRLF = b"\r\n"

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import config
-from exporter.decode import format_duration, parse_duration
-from exporter.errors import ConfigError
+from exporter.config.decode import format_duration, parse_duration
+from exporter.core.errors import ConfigError
 
 TESTDATA = Path(__file__).parent / "testdata"
 INVALID = sorted(TESTDATA.glob("invalid-*.yml"))

@@ -1,4 +1,4 @@
-"""docs/configuration.md and examples/full.yml stay in step with the schema in exporter/config.py.
+"""docs/configuration.md and examples/full.yml stay in step with the schema in exporter/config/__init__.py.
 
 Every dataclass reachable from :class:`exporter.config.Config` has one table in the
 reference, marked by ``<!-- schema: ClassName -->``. The table lists exactly the
@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from exporter import config
-from exporter.decode import Duration, parse_duration
-from exporter.secrets import Secret
+from exporter.config.decode import Duration, parse_duration
+from exporter.core.secrets import Secret
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC_PATH = ROOT / "docs" / "configuration.md"

@@ -11,7 +11,7 @@ import yaml
 
 from exporter import config
 from exporter.continuity.incidents import Classifier, parse_maintenance
-from exporter.errors import ConfigError
+from exporter.core.errors import ConfigError
 
 BAD = """
 continuity:

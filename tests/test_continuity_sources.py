@@ -15,8 +15,8 @@ from exporter import config
 from exporter.config import CommandBackup, CommandReplica, FileMtimeBackup, TimestampFileBackup
 from exporter.continuity.service import Continuity
 from exporter.continuity.sources import SourceError, parse_lag, parse_timestamp, read_backup, read_command_lag
-from exporter.scheduler import Scheduler
-from exporter.snapshot import Snapshot
+from exporter.core.scheduler import Scheduler
+from exporter.core.snapshot import Snapshot
 
 PY = sys.executable
 

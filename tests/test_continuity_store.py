@@ -24,7 +24,7 @@ from exporter.continuity.incidents import (
 )
 from exporter.continuity.store import DB_NAME, SCHEMA_VERSION, SqliteStore, Summary, migrate
 from exporter.continuity.webhook import parse_notification
-from exporter.errors import StoreError
+from exporter.core.errors import StoreError
 
 T = 1_800_000_000.0
 NOW = T + 10_000

@@ -17,7 +17,7 @@ from exporter.continuity.webhook import (
     parse_notification,
     parse_time,
 )
-from exporter.errors import WebhookError
+from exporter.core.errors import WebhookError
 
 T0 = 1_800_000_000.0
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.metrics import FAMILIES
+from exporter.core.metrics import FAMILIES
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = ROOT / "dashboards"

@@ -35,7 +35,7 @@ import yaml
 from helpers import ExporterProcess, free_port, metric_values, one
 from test_continuity_support import am_alert, body, payload
 
-from exporter.http import make_app
+from exporter.web.server import make_app
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"

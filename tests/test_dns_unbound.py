@@ -19,7 +19,7 @@ import pytest
 from stack import Stack
 
 from exporter.config import DnsPosture, ResolverConfig
-from exporter.model import Sink
+from exporter.core.model import Sink
 from exporter.probers.dns import DNSBL_ERROR_REASONS, MxTarget, check_dnsbl, check_posture, discover_mx, make_resolver
 
 LOG = logging.getLogger("test.dns.unbound")

@@ -1,4 +1,4 @@
-"""Table tests and property tests of the pure DNS record parsers in exporter.dnsrecords."""
+"""Table tests and property tests of the pure DNS record parsers in exporter.probers.dnsrecords."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.dnsrecords import (
+from exporter.probers.dnsrecords import (
     RecordCheck,
     classify_dnsbl_answer,
     is_dkim_candidate,

@@ -36,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "fuzz"))
 import fuzz_targets as ft
 
 from exporter import config as cfgmod
-from exporter.decode import Duration
-from exporter.errors import ConfigError
+from exporter.config.decode import Duration
+from exporter.core.errors import ConfigError
+from exporter.core.secrets import Secret
 from exporter.queues.showq_parse import MAX_RECIPIENTS, ShowqMessage, parse_all
-from exporter.received import Received, parse_received
-from exporter.secrets import Secret
+from exporter.roundtrip.received import Received, parse_received
 
 _LONG = int(os.environ.get("MCE_FUZZ_EXAMPLES", "0")) or (
     100_000 if os.environ.get("HYPOTHESIS_PROFILE") == "fuzz-long" else 0

@@ -1,4 +1,4 @@
-"""The periodic full collection (exporter/memory.py): it frees cyclic garbage, repeats, and stops.
+"""The periodic full collection (exporter/core/memory.py): it frees cyclic garbage, repeats, and stops.
 
 The soak (benchmarks/soak) showed why it exists. Under the tuned collector thresholds,
 cyclic garbage from checks in flight waited up to hours in the older generations, and RSS
@@ -17,7 +17,7 @@ from pathlib import Path
 from helpers import free_port
 
 from exporter.app import Exporter, Options
-from exporter.memory import COLLECT_EVERY, PeriodicCollector
+from exporter.core.memory import COLLECT_EVERY, PeriodicCollector
 
 
 class Node:

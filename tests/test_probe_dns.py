@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from dnsserver import DnsServer, Mode
 
 from exporter.config import DnsPosture, ResolverConfig
-from exporter.model import Sink
+from exporter.core.model import Sink
 from exporter.probers.dns import (
     DNSBL_ERROR_REASONS,
     MxTarget,

@@ -26,10 +26,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.config import AuthConfig, EndpointConfig, TLSSettings
-from exporter.model import REASONS
+from exporter.core.model import REASONS
+from exporter.core.secrets import Secret
+from exporter.net.tls import LINE_LIMIT, ProbeFailure
 from exporter.probers.imap import ImapProbeSettings, parse_response_line, probe_imap, read_response
-from exporter.probers.tlsinfo import LINE_LIMIT, ProbeFailure
-from exporter.secrets import Secret
 
 TIMEOUT = 2.0
 USER = "probe@example.test"

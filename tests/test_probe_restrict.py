@@ -34,8 +34,8 @@ from stack import Stack
 
 from exporter import config as cfgmod
 from exporter.app import Exporter, Options
-from exporter.http import make_app
-from exporter.probe import REFUSAL_REASONS, RateLimiter, address_class, check_target, compile_policy
+from exporter.web.probe import REFUSAL_REASONS, RateLimiter, address_class, check_target, compile_policy
+from exporter.web.server import make_app
 
 # --- pure: address classes and target matching ------------------------------------------------------
 
@@ -221,7 +221,7 @@ def test_rate_limiter_bucket_per_client() -> None:
 
 
 def test_rate_limiter_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("exporter.probe.MAX_TRACKED_CLIENTS", 3)
+    monkeypatch.setattr("exporter.web.probe.MAX_TRACKED_CLIENTS", 3)
     limiter = RateLimiter(_Clock())
     for client in ("a", "b", "c", "d"):
         assert limiter.take(client, 1.0, 1) == 0.0

@@ -31,7 +31,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter.config import AuthConfig, EndpointConfig, SmtpSettings, TLSSettings
-from exporter.model import REASONS, Sink
+from exporter.core.model import REASONS, Sink
+from exporter.core.secrets import Secret
+from exporter.net.tls import LINE_LIMIT, ProbeFailure
 from exporter.probers.smtp import (
     MAX_REPLY_LINES,
     SmtpProbeSettings,
@@ -40,8 +42,6 @@ from exporter.probers.smtp import (
     probe_smtp,
     read_reply,
 )
-from exporter.probers.tlsinfo import LINE_LIMIT, ProbeFailure
-from exporter.secrets import Secret
 
 TIMEOUT = 2.0
 PASSWORD = "pr0be-S3cret-pässwörd"

@@ -30,7 +30,7 @@ import pytest
 from stack import Stack, tool, tool_env
 
 from exporter.config import PostfixQueue
-from exporter.model import Sink
+from exporter.core.model import Sink
 from exporter.queues import POSTFIX_QUEUES, first_reason, make_cache, read_queue, top_domains
 
 LOG = logging.getLogger("test.queues.postfix")
@@ -299,7 +299,7 @@ async def test_spool_cache_reads_each_header_once(stack: Stack, injector: Inject
 UNPRIVILEGED = """
 import asyncio, json, logging, sys
 from exporter.config import PostfixQueue
-from exporter.model import Sink
+from exporter.core.model import Sink
 from exporter.queues import read_queue
 
 async def main():

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from exporter.config import CommandQueue, DirectoryQueue, EximQueue, PostfixQueue
-from exporter.model import Sink
+from exporter.core.model import Sink
 from exporter.queues import POSTFIX_QUEUES, QueueCache, make_cache, read_queue
 
 LOG = logging.getLogger("test.queues")

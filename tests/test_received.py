@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.received import (
+from exporter.roundtrip.received import (
     HOST_LABEL_MAX,
     MAX_HOPS,
     Received,

@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 from faults import ImapScript, SmtpScript, imap_server, refused_address, send_then_close, smtp_server, tarpit
 
-from exporter import config, metrics
+from exporter import config
 from exporter.checks import build
-from exporter.checks_route import route_check, route_grace
-from exporter.model import Sample, Sink
+from exporter.checks.route import route_check, route_grace
+from exporter.core import metrics
+from exporter.core.model import Sample, Sink
 from exporter.roundtrip.receiver import (
     PROBE_HEADER,
     Found,

@@ -35,12 +35,12 @@ from helpers import metric_values, one, run_exporter
 from stack import Stack
 
 from exporter import config
-from exporter.checks_route import route_check
-from exporter.model import Sink
+from exporter.checks.route import route_check
+from exporter.core.model import Sink
+from exporter.core.scheduler import Scheduler
+from exporter.core.snapshot import Snapshot
 from exporter.roundtrip.receiver import PROBE_HEADER, MailboxSpec, close_all, get_mailbox
 from exporter.roundtrip.route import Route
-from exporter.scheduler import Scheduler
-from exporter.snapshot import Snapshot
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@
 - ``promtool check rules`` on every rules file and ``promtool test rules`` on every test file;
 - a lint of the monitoring-mixins conventions (names, severities, annotations, runbook
   anchors, group sizes) and of the metrics contract (every metric and label in every
-  expression exists in :mod:`exporter.metrics`);
+  expression exists in :mod:`exporter.core.metrics`);
 - coverage: every alert has a must-fire case with exact labels and annotations, a
   must-not-fire case just before its ``for`` elapses, and another must-not-fire case;
 - ``rules/generate.py --check``;
@@ -33,7 +33,7 @@ import pytest
 import yaml
 from helpers import free_port
 
-from exporter.metrics import FAMILIES
+from exporter.core.metrics import FAMILIES
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES_DIR = ROOT / "rules"

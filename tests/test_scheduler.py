@@ -8,9 +8,9 @@ import logging
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.model import Sink
-from exporter.scheduler import Check, Scheduler
-from exporter.snapshot import Snapshot
+from exporter.core.model import Sink
+from exporter.core.scheduler import Check, Scheduler
+from exporter.core.snapshot import Snapshot
 
 
 def values(snap: Snapshot, name: str) -> dict[tuple[tuple[str, str], ...], float]:

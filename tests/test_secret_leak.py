@@ -30,7 +30,7 @@ import pytest
 from helpers import ExporterProcess, metric_values, run_exporter
 from stack import Stack
 
-from exporter.http import make_app
+from exporter.web.server import make_app
 
 PROBE_USER = "probe@example.test"
 ARCHIVE_USER = "archive@archive.example.test"

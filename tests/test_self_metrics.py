@@ -18,7 +18,7 @@ from pathlib import Path
 from helpers import free_port, metric_values, one, run_exporter
 
 from exporter.app import Exporter, Options
-from exporter.model import Sample
+from exporter.core.model import Sample
 
 TASKS = "mail_exporter_asyncio_tasks"
 

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from exporter.metrics import FAMILIES
-from exporter.model import CheckState, Sink
-from exporter.snapshot import Snapshot, render_samples
+from exporter.core.metrics import FAMILIES
+from exporter.core.model import CheckState, Sink
+from exporter.core.snapshot import Snapshot, render_samples
 
 
 def _sink(check: str, target: str, up: float) -> Sink:

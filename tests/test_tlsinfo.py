@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter.config import TLSSettings
-from exporter.probers.tlsinfo import LeafInfo, TLSReport, client_context, inspect_leaf, printable
+from exporter.net.tls import LeafInfo, TLSReport, client_context, inspect_leaf, printable
 
 NOT_BEFORE = dt.datetime(2024, 2, 3, 4, 5, 6, tzinfo=dt.UTC)
 NOT_AFTER = dt.datetime(2037, 8, 9, 10, 11, 12, tzinfo=dt.UTC)

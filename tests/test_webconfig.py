@@ -22,9 +22,9 @@ import pytest
 import trustme
 from helpers import ExporterProcess, run_exporter
 
-from exporter.http import make_app
-from exporter.secrets import Secret
-from exporter.webconfig import BasicAuth, RateLimiter
+from exporter.core.secrets import Secret
+from exporter.web.server import make_app
+from exporter.web.webconfig import BasicAuth, RateLimiter
 
 TESTDATA = Path(__file__).parent / "testdata" / "webconfig"
 CONFIG = "global: {interval: 1h, timeout: 5s}\n"
@@ -400,8 +400,8 @@ def test_valid_web_config_check(tmp_path: Path, pki: PKI) -> None:
 
 def test_example_web_config_is_valid(tmp_path: Path) -> None:
     """examples/web-config.yml decodes (its TLS files are examples, so TLS is dropped here)."""
-    from exporter.decode import decode, load_yaml
-    from exporter.webconfig import WebConfig
+    from exporter.config.decode import decode, load_yaml
+    from exporter.web.webconfig import WebConfig
 
     example = Path(__file__).parent.parent / "examples" / "web-config.yml"
     data, lines = load_yaml(example.read_text(), str(example))

@@ -44,7 +44,7 @@ import yaml
 from exporter.continuity.incidents import ImportRecord, severity_of
 from exporter.continuity.store import IncidentRecord, SqliteStore
 from exporter.continuity.webhook import format_time, parse_time, seconds
-from exporter.errors import ConfigError, ExporterError
+from exporter.core.errors import ConfigError, ExporterError
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
 _IMPORT_KEYS = ("service", "severity", "start", "end", "labels", "kind")

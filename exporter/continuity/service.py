@@ -53,10 +53,10 @@ from exporter.continuity.incidents import (
 from exporter.continuity.sources import SourceError, measure_canary, read_backup, read_command_lag
 from exporter.continuity.store import SqliteStore, Store, Summary
 from exporter.continuity.webhook import format_time, parse_active_alerts, parse_notification
-from exporter.errors import StoreError, WebhookError
-from exporter.model import CheckState, Sample, Sink, histogram_samples
-from exporter.scheduler import Check, RunRecord
-from exporter.snapshot import Snapshot
+from exporter.core.errors import StoreError, WebhookError
+from exporter.core.model import CheckState, Sample, Sink, histogram_samples
+from exporter.core.scheduler import Check, RunRecord
+from exporter.core.snapshot import Snapshot
 
 if TYPE_CHECKING:
     from exporter.app import Exporter
@@ -239,7 +239,7 @@ class Continuity:
 
     async def handle_webhook(self, request: web.Request) -> web.Response:
         """``POST /alertmanager``.  The body must arrive within ``--web.read-timeout`` (else 408)."""
-        from exporter.http import body_timeout
+        from exporter.web.server import body_timeout
 
         cfg = self.webhook_config
         if not self._authorized(request):

@@ -52,7 +52,6 @@ import time
 from email.utils import formatdate
 from functools import lru_cache
 
-from exporter.command import run_capped
 from exporter.config import (
     BackupConfig,
     CommandBackup,
@@ -63,10 +62,11 @@ from exporter.config import (
     TLSSettings,
     split_address,
 )
-from exporter.continuity.webhook import parse_time, seconds
-from exporter.errors import ExporterError
-from exporter.probers.imap import ImapResponse, parse_response_line, read_response
-from exporter.probers.tlsinfo import LINE_LIMIT, ProbeFailure, read_line
+from exporter.core.command import run_capped
+from exporter.core.errors import Failure
+from exporter.core.timefmt import parse_time, seconds
+from exporter.net.imapwire import ImapResponse, parse_response_line, read_response
+from exporter.net.tls import LINE_LIMIT, ProbeFailure, read_line
 
 #: How far in the future a backup time may be before it is rejected (clock skew allowance).
 FUTURE_SLACK = 300.0
@@ -78,12 +78,8 @@ CANARY_HEADER = "X-Mail-Continuity-Canary"
 _NUMBER_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
 
 
-class SourceError(ExporterError, RuntimeError):
+class SourceError(Failure, RuntimeError):
     """A backup or replica source could not be read.  ``reason`` is short and bounded."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        self.reason = reason
-        super().__init__(message)
 
 
 # --- parsing --------------------------------------------------------------------------------------

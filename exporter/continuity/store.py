@@ -75,7 +75,7 @@ from exporter.continuity.incidents import (
     promote_overruns,
     resolve_missing,
 )
-from exporter.errors import StoreError
+from exporter.core.errors import StoreError
 
 DB_NAME = "mail-continuity.sqlite"
 T = TypeVar("T")

@@ -1,7 +1,7 @@
 """Alertmanager payloads, validated: the version 4 webhook and the ``/api/v2/alerts`` list.
 
 Pure functions, no I/O.  :func:`parse_notification` takes the raw request body and
-returns a :class:`Notification` or raises :class:`~exporter.errors.WebhookError`
+returns a :class:`Notification` or raises :class:`~exporter.core.errors.WebhookError`
 with the HTTP status to answer (400 for anything malformed) and a message that says
 which field is wrong and what was expected, for example::
 
@@ -46,16 +46,14 @@ __all__ = [
     "seconds",
 ]
 
-import calendar
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any, Literal
 
-from exporter.errors import WebhookError
+from exporter.core.errors import WebhookError
+from exporter.core.timefmt import format_time, parse_time, seconds
 
 #: Most labels accepted on one alert (Prometheus alerts rarely carry more than 20).
 MAX_LABELS = 100
@@ -67,9 +65,6 @@ MAX_LABEL_VALUE = 4096
 MAX_ANNOTATION_VALUE = 65536
 
 _FINGERPRINT_RE = re.compile(r"^[!-~]{1,128}$")
-_TIME_RE = re.compile(
-    r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
-)
 Status = Literal["firing", "resolved"]
 
 
@@ -109,46 +104,6 @@ class ActiveAlert:
     starts_ms: int
     state: str  # active | suppressed | unprocessed
     labels: tuple[tuple[str, str], ...]
-
-
-# --- times --------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=4096)  # repeats and regrouped notifications carry the same times
-def parse_time(text: str) -> int | None:
-    """An RFC 3339 time as Unix nanoseconds; ``None`` for Go's zero time (year 1).
-
-    Raises ``ValueError`` for anything else, including times without a zone offset.
-    """
-    m = _TIME_RE.match(text)
-    if m is None:
-        raise ValueError(text)
-    year, month, day, hour, minute, second = (int(g) for g in m.group(1, 2, 3, 4, 5, 6))
-    if year == 1:
-        return None
-    datetime(year, month, day, hour, minute, second)  # range checks; raises ValueError
-    frac = m.group(7) or ""
-    nanos = int(frac.ljust(9, "0")) if frac else 0
-    offset = 0
-    if m.group(9):
-        oh, om = int(m.group(10)), int(m.group(11))
-        if oh > 23 or om > 59:
-            raise ValueError(text)
-        offset = (oh * 3600 + om * 60) * (1 if m.group(9) == "+" else -1)
-    seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)) - offset
-    return seconds * 1_000_000_000 + nanos
-
-
-def seconds(ns: int) -> float:
-    """Unix nanoseconds as float seconds, rounded once (``ns / 1e9`` would round twice)."""
-    whole, frac = divmod(ns, 1_000_000_000)
-    return whole + frac / 1e9
-
-
-def format_time(ts: float) -> str:
-    """Unix seconds as RFC 3339 in UTC, to the millisecond: ``2030-01-05T22:00:00.000Z``."""
-    dt = datetime.fromtimestamp(ts, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
 # --- validation helpers ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ Every prober has the signature of :data:`ProbeFn`::
 
 ``target`` is ``host:port`` (or ``[v6]:port``); ``settings`` is the prober's own
 frozen settings type; ``sink`` receives every metric and, on failure, exactly one
-:class:`~exporter.model.Failure` with a reason from :data:`exporter.model.REASONS`.
+:class:`~exporter.core.model.Failure` with a reason from :data:`exporter.core.model.REASONS`.
 The *caller* owns the overall timeout (``asyncio.timeout``); whatever the prober
 wrote to the sink before the cut-off is still reported.  A prober never raises for
 a misbehaving server: it records a failure and returns ``False``.  It raises only
@@ -22,7 +22,7 @@ import logging
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
-from exporter.model import Sink
+from exporter.core.model import Sink
 
 
 class ProbeFn(Protocol):

@@ -59,7 +59,9 @@ import dns.rrset
 from yarl import URL
 
 from exporter.config import DnsPosture, ResolverConfig
-from exporter.dnsrecords import (
+from exporter.core.errors import ConfigError, ConfigIssue
+from exporter.core.model import Failure, Sink
+from exporter.probers.dnsrecords import (
     RecordCheck,
     classify_dnsbl_answer,
     is_dkim_candidate,
@@ -77,8 +79,6 @@ from exporter.dnsrecords import (
     parse_tlsrpt,
     reverse_ip_query,
 )
-from exporter.errors import ConfigError, ConfigIssue
-from exporter.model import Failure, Sink
 
 #: The fixed reasons of ``mail_dnsbl_errors_total``.
 DNSBL_ERROR_REASONS: tuple[str, ...] = ("error_code", "timeout", "servfail", "other")
@@ -596,7 +596,7 @@ async def check_dnsbl(
     lookup got a definite answer.
 
     ``mail_dnsbl_listed`` is 1 only for a real listing code (see
-    :func:`~exporter.dnsrecords.classify_dnsbl_answer`).  A blocklist error code
+    :func:`~exporter.probers.dnsrecords.classify_dnsbl_answer`).  A blocklist error code
     (127.255.255.x, or an answer outside 127/8) or a failed lookup leaves it at 0 and
     counts ``mail_dnsbl_errors_total`` with reason ``error_code``, ``timeout``,
     ``servfail`` or ``other``.  NXDOMAIN and an empty answer mean not listed.  At most

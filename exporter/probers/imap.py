@@ -7,7 +7,7 @@ into an unhandled exception in a background task followed by a wait until its ow
 timeout, so a probe could not tell ``protocol`` from ``timeout``.  The probe needs
 only six commands, so it speaks them itself on asyncio streams, with the same bounded
 reads, phase timings, redacted transcript and certificate handling as the SMTP prober
-(:mod:`exporter.probers.tlsinfo`).
+(:mod:`exporter.net.tls`).
 
 Metrics written to the sink (``check`` and ``target`` as given, ``protocol="imap"``)::
 
@@ -52,37 +52,33 @@ __all__ = [
 
 import asyncio
 import logging
-import re
 import ssl
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from exporter.config import AuthConfig, EndpointConfig, TLSSettings, split_target
-from exporter.model import Sink
-from exporter.probers.tlsinfo import (
+from exporter.core.model import Sink
+from exporter.net.imapwire import (
+    ImapLine,
+    ImapResponse,
+    capabilities,
+    parse_response_line,
+    read_logical_line,
+    read_response,
+)
+from exporter.net.imapwire import quoted as quote_imap
+from exporter.net.tls import (
     CLOSE_WAIT,
     Conn,
     ProbeFailure,
     ProbeRun,
     dial_with_leaf_fallback,
     printable,
-    read_exactly,
     read_line,
 )
 
-#: Most lines accepted in one response (SELECT answers with about ten).
-MAX_RESPONSE_LINES = 1000
-#: Largest literal accepted inside a response.
-MAX_LITERAL = 64 * 1024
-#: Untagged lines kept per response (the rest is read and dropped).
-_KEEP_UNTAGGED = 64
-
 ImapTLSMode = Literal["starttls", "implicit", "none"]
-
-_TAG_RE = re.compile(rb"^[A-Za-z0-9.]{1,32}$")
-_LITERAL_RE = re.compile(rb"\{(\d{1,10})\+?\}\r?\n$")
 
 
 @dataclass(frozen=True)
@@ -101,131 +97,6 @@ class ImapProbeSettings:
         if cfg.tls == "optional":
             raise ValueError('IMAP endpoints take tls "starttls", "implicit" or "none", not "optional"')
         return cls(tls=cfg.tls, tls_settings=cfg.tls_config, auth=cfg.auth, select=cfg.select)
-
-
-# --- responses (pure) ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ImapLine:
-    kind: Literal["untagged", "continuation", "tagged"]
-    tag: str  # "*", "+" or the command tag
-    status: str  # OK, NO, BAD, BYE, PREAUTH, or "" for untagged data such as "CAPABILITY ..."
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ImapResponse:
-    status: str  # OK, NO or BAD
-    text: str
-    untagged: tuple[str, ...]
-
-    def summary(self) -> str:
-        return printable(f"{self.status} {self.text}".rstrip(), 160)
-
-
-_STATUSES = frozenset({"OK", "NO", "BAD", "BYE", "PREAUTH"})
-
-
-def parse_response_line(line: bytes) -> ImapLine | None:
-    """Classify one response line (line ending optional); ``None`` when it is not IMAP.  Never raises."""
-    if line.endswith(b"\n"):
-        line = line[:-1]
-    if line.endswith(b"\r"):
-        line = line[:-1]
-    if line == b"+" or line.startswith(b"+ "):
-        return ImapLine("continuation", "+", "", _text(line[2:]))
-    head, sep, rest = line.partition(b" ")
-    if not sep:
-        return None
-    word, _, tail = rest.partition(b" ")
-    status = word.decode("ascii", "replace").upper()
-    if head == b"*":
-        if status in _STATUSES:
-            return ImapLine("untagged", "*", status, _text(tail))
-        if not word:
-            return None
-        return ImapLine("untagged", "*", "", _text(rest))
-    if _TAG_RE.match(head) and status in ("OK", "NO", "BAD"):
-        return ImapLine("tagged", head.decode("ascii"), status, _text(tail))
-    return None
-
-
-def _text(data: bytes) -> str:
-    return data[:2048].decode("utf-8", "replace")
-
-
-def _capabilities(text: str) -> frozenset[str] | None:
-    """Capabilities from ``CAPABILITY a b c`` or a ``[CAPABILITY a b c] ...`` response code."""
-    if text.startswith("[CAPABILITY "):
-        text = text[1:].partition("]")[0]
-    elif not text.upper().startswith("CAPABILITY "):
-        return None
-    return frozenset(token.upper() for token in text.split()[1:])
-
-
-async def _read_logical_line(
-    reader: asyncio.StreamReader, step: str, trace: Callable[[str], None] | None, budget: list[int]
-) -> bytes:
-    """One response line with any literals inlined (as ``{n}`` placeholders); bounded."""
-    raw = await read_line(reader, step)
-    budget[0] -= 1
-    if trace is not None:
-        trace("S: " + printable(raw))
-    while (m := _LITERAL_RE.search(raw)) is not None:
-        size = int(m.group(1))
-        if size > MAX_LITERAL:
-            raise ProbeFailure("protocol", f"{step}: literal of {size} bytes is larger than {MAX_LITERAL}")
-        await read_exactly(reader, size, step)
-        if budget[0] <= 0:
-            raise ProbeFailure("protocol", f"{step}: response longer than {MAX_RESPONSE_LINES} lines")
-        more = await read_line(reader, step)
-        budget[0] -= 1
-        if trace is not None:
-            trace("S: " + printable(more))
-        raw = raw[: m.start()] + b"{literal}" + more
-    return raw
-
-
-async def read_response(
-    reader: asyncio.StreamReader,
-    tag: str,
-    step: str,
-    trace: Callable[[str], None] | None = None,
-    *,
-    bye_ok: bool = False,
-) -> ImapResponse:
-    """Read untagged lines up to the tagged completion of ``tag``.
-
-    Raises :class:`~exporter.probers.tlsinfo.ProbeFailure` and nothing else for
-    anything the server may send.
-    """
-    untagged: list[str] = []
-    budget = [MAX_RESPONSE_LINES]
-    while budget[0] > 0:
-        raw = await _read_logical_line(reader, step, trace, budget)
-        parsed = parse_response_line(raw)
-        if parsed is None:
-            raise ProbeFailure("protocol", f"{step}: not an IMAP response: {printable(raw, 60)!r}")
-        if parsed.kind == "untagged":
-            if parsed.status == "BYE" and not bye_ok:
-                raise ProbeFailure("protocol", f"{step}: server said BYE: {printable(parsed.text, 120)}")
-            if len(untagged) < _KEEP_UNTAGGED:
-                untagged.append(f"{parsed.status} {parsed.text}" if parsed.status else parsed.text)
-        elif parsed.kind == "continuation":
-            raise ProbeFailure("protocol", f"{step}: unexpected continuation request")
-        elif parsed.tag != tag:
-            raise ProbeFailure("protocol", f"{step}: response for unknown tag {parsed.tag!r}")
-        else:
-            return ImapResponse(parsed.status, parsed.text, tuple(untagged))
-    raise ProbeFailure("protocol", f"{step}: response longer than {MAX_RESPONSE_LINES} lines")
-
-
-def _quoted(value: str) -> str | None:
-    """``value`` as an IMAP quoted string, or ``None`` when it needs a literal."""
-    if not value.isascii() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        return None
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # --- the probe ------------------------------------------------------------------------------------
@@ -283,7 +154,7 @@ class _ImapProbe:
         conn = await run.open(self.host, self.port, ctx if mode == "implicit" else None, self.hostname)
         started = time.monotonic()
         budget = [1]
-        raw = await _read_logical_line(conn.reader, "greeting", run.tracer, budget)
+        raw = await read_logical_line(conn.reader, "greeting", run.tracer, budget)
         greeting = parse_response_line(raw)
         if greeting is None or greeting.kind != "untagged" or greeting.status not in ("OK", "PREAUTH"):
             if greeting is not None and greeting.status == "BYE":
@@ -291,14 +162,14 @@ class _ImapProbe:
             raise ProbeFailure("protocol", f"greeting: not an IMAP greeting: {printable(raw, 60)!r}")
         run.phase("greeting", started)
         preauth = greeting.status == "PREAUTH"
-        caps = _capabilities(greeting.text)
+        caps = capabilities(greeting.text)
         if caps is None:
             started = time.monotonic()
             response = await self._command(conn, "CAPABILITY", "capability")
             self._expect_ok(response, "capability", "protocol")
             caps = frozenset()
             for line in response.untagged:
-                caps = caps | (_capabilities(line) or frozenset())
+                caps = caps | (capabilities(line) or frozenset())
             run.phase("capability", started)
         if mode == "starttls" and ctx is not None:
             if preauth:
@@ -328,7 +199,7 @@ class _ImapProbe:
             await self._login(conn, settings.auth)
         if settings.select is not None:
             started = time.monotonic()
-            mailbox = _quoted(settings.select)
+            mailbox = quote_imap(settings.select)
             if mailbox is None:
                 response = await self._literal_command(conn, "SELECT", [settings.select], "select")
             else:
@@ -339,7 +210,7 @@ class _ImapProbe:
 
     async def _login(self, conn: Conn, auth: AuthConfig) -> None:
         password = auth.password.reveal()
-        quoted = _quoted(password)
+        quoted = quote_imap(password)
         self.run.add_scrub(password, quoted or "")
         started = time.monotonic()
         response = await self._literal_command(conn, "LOGIN", [auth.username, password], "login", secret=True)
@@ -355,7 +226,7 @@ class _ImapProbe:
         self.run.trace(shown)
         pending = f"{tag} {verb}".encode()
         for arg in args:
-            quoted = _quoted(arg)
+            quoted = quote_imap(arg)
             if quoted is not None:
                 pending += b" " + quoted.encode("ascii")
                 continue

@@ -68,8 +68,8 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from exporter.config import AuthConfig, EndpointConfig, SmtpSettings, TLSSettings, split_target
-from exporter.model import Sink
-from exporter.probers.tlsinfo import (
+from exporter.core.model import Sink
+from exporter.net.tls import (
     CLOSE_WAIT,
     Conn,
     ProbeFailure,
@@ -176,7 +176,7 @@ def parse_ehlo(reply: Reply) -> dict[str, str]:
 async def read_reply(reader: asyncio.StreamReader, step: str, trace: Callable[[str], None] | None = None) -> Reply:
     """Read one complete (possibly multi-line) reply.
 
-    Raises :class:`~exporter.probers.tlsinfo.ProbeFailure` and nothing else for
+    Raises :class:`~exporter.net.tls.ProbeFailure` and nothing else for
     anything the server may send.
     """
     code = 0

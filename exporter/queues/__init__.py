@@ -89,8 +89,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from exporter.config import CommandQueue, DirectoryQueue, EximQueue, PostfixQueue
-from exporter.errors import ExporterError
-from exporter.model import Sink
+from exporter.core.errors import Failure
+from exporter.core.model import Sink
 
 QueueConfig = PostfixQueue | EximQueue | DirectoryQueue | CommandQueue
 
@@ -125,14 +125,13 @@ DEFAULT_TIMEOUT = 10.0
 log_ = logging.getLogger(__name__)
 
 
-class QueueReadError(ExporterError, RuntimeError):
+class QueueReadError(Failure, RuntimeError):
     """A read failed; ``reason`` is one of :data:`FAILURE_REASONS`.  Caught by :func:`read_queue`."""
 
     def __init__(self, reason: str, message: str) -> None:
         if reason not in FAILURE_REASONS:
             raise ValueError(f"unknown queue failure reason {reason!r}")
-        self.reason = reason
-        super().__init__(message)
+        super().__init__(reason, message)
 
 
 # --- deferral reasons -----------------------------------------------------------------------------

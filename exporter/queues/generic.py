@@ -25,8 +25,8 @@ import os
 import stat
 import time
 
-from exporter.command import run_capped
 from exporter.config import CommandQueue, DirectoryQueue
+from exporter.core.command import run_capped
 from exporter.queues import QueueReadError, QueueStats
 
 #: Bytes of a command's stdout considered (a number is short).

@@ -20,8 +20,8 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-from exporter.command import read_capped
 from exporter.config import PostfixQueue
+from exporter.core.command import read_capped
 from exporter.queues import POSTFIX_QUEUES, QueueReadError, QueueStats, first_reason
 
 POSTQUEUE = "postqueue"

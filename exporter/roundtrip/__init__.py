@@ -5,7 +5,7 @@
   IDLE or polling, search by header, deletion and the sweep;
 * :mod:`exporter.roundtrip.route`: the outcome state machine of one route and its run.
 
-:func:`exporter.checks_route.route_check` turns a route of the config into a scheduled
+:func:`exporter.checks.route.route_check` turns a route of the config into a scheduled
 check.  See ``docs/roundtrip.md``.
 """
 

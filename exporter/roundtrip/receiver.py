@@ -37,7 +37,7 @@ Every IMAP command is bounded by the mailbox's timeout; a command that does not
 finish in time, a lost connection or an unexpected answer drops the connection and
 the loop reconnects.  Credentials are only ever sent on the wire: the aioimaplib
 logger is held at WARNING, and error texts are passed through
-:func:`exporter.secrets.redact`.
+:func:`exporter.core.secrets.redact`.
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ from typing import Any, TypeVar
 import aioimaplib
 
 from exporter.config import ImapTLS, ReceiveConfig, TLSSettings, split_address
-from exporter.probers.tlsinfo import client_context, inspect_leaf, printable
-from exporter.secrets import Secret, redact
+from exporter.core.errors import Failure
+from exporter.core.secrets import Secret, redact
+from exporter.net.tls import client_context, inspect_leaf, printable
 
 # aioimaplib logs every byte at DEBUG and every ignored untagged response at INFO.
 logging.getLogger("aioimaplib").setLevel(logging.WARNING)
@@ -119,13 +120,8 @@ _UID_RE = re.compile(rb"\bUID (\d+)")
 _INTERNALDATE_RE = re.compile(rb'INTERNALDATE "([^"]+)"')
 
 
-class ReceiverError(Exception):
+class ReceiverError(Failure):
     """An IMAP failure: ``reason`` is one of refused, dns, timeout, tls, auth, protocol."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
 
 # --- tokens --------------------------------------------------------------------------------------------

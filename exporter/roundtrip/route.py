@@ -29,7 +29,7 @@ observed: they did not reach the inbox, and junk folders are only polled, so the
 time is coarse.  The ``Received`` headers of ``delivered`` and ``late`` probes give the
 per-hop delays and the server-side delivery time.
 
-The state lives in :class:`RouteState`, a :class:`~exporter.model.CheckState` that also
+The state lives in :class:`RouteState`, a :class:`~exporter.core.model.CheckState` that also
 emits the route's gauges, so that they exist (success at 0) from start-up and every
 run publishes them, including outcomes that the receiver loop resolved in between.
 """
@@ -54,8 +54,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from exporter.config import RouteConfig, SendConfig
-from exporter.model import CheckState, Sample, Sink
-from exporter.received import Hop, hop_delays, parse_chain, server_delivery_delay
+from exporter.core.model import CheckState, Sample, Sink
+from exporter.roundtrip.received import Hop, hop_delays, parse_chain, server_delivery_delay
 from exporter.roundtrip.receiver import Found, Mailbox, MailboxSpec, Watcher, get_mailbox, new_token
 from exporter.roundtrip.sender import SendResult, build_message, send_probe
 

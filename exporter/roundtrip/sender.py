@@ -6,12 +6,12 @@ message.  It returns a :class:`SendResult`:
 
 * on success, ``accepted_at`` is ``time.time()`` taken the moment the ``250`` reply to
   the end of DATA has been read: the start of the round trip's latency;
-* on failure, ``reason`` is one of :data:`exporter.model.REASONS` (``refused``,
+* on failure, ``reason`` is one of :data:`exporter.core.model.REASONS` (``refused``,
   ``dns``, ``timeout``, ``tls``, ``auth``, ``protocol``, ``reply_4xx``, ``reply_5xx``),
   ``code`` is the SMTP reply code that ended the dialog (None when there was none) and
   ``message`` says which step failed, with the server's text.  Secrets never appear
   in it: the password is only handed to aiosmtplib, and the text is passed through
-  :func:`exporter.secrets.redact`.
+  :func:`exporter.core.secrets.redact`.
 
 TLS: the certificate chain is verified against ``tls_config`` (``verify``,
 ``ca_file``) and the host name is checked against ``tls_config.server_name`` (or the
@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import aiosmtplib
 
 from exporter.config import SendConfig, split_address
-from exporter.probers.tlsinfo import client_context, inspect_leaf, printable
+from exporter.core.secrets import redact
+from exporter.net.tls import client_context, inspect_leaf, printable
 from exporter.roundtrip.receiver import PROBE_HEADER
-from exporter.secrets import redact
 
 #: Header fields the probe always sets; ``send.headers`` cannot replace them.
 RESERVED_HEADERS = frozenset(

@@ -28,12 +28,13 @@ from typing import Any
 import yaml
 
 from exporter import config as cfgmod
-from exporter import dnsrecords, received
+from exporter.config.decode import Duration, format_duration
 from exporter.continuity import webhook
-from exporter.decode import Duration, format_duration
-from exporter.errors import ConfigError, WebhookError
+from exporter.core.errors import ConfigError, WebhookError
+from exporter.core.secrets import Secret
+from exporter.probers import dnsrecords
 from exporter.queues.showq_parse import MAX_RECIPIENTS, ShowqMessage, ShowqParser, parse_all
-from exporter.secrets import Secret
+from exporter.roundtrip import received
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 #: Directory that relative ``*_file`` secrets in config inputs resolve against.
@@ -214,7 +215,7 @@ def _spf_term(name: str, value: str) -> str:
 
 
 def render_spf(fields: Iterable[tuple[str, str]]) -> str:
-    """An SPF record from :func:`~exporter.dnsrecords.parse_spf` fields (mechanisms and modifiers)."""
+    """An SPF record from :func:`~exporter.probers.dnsrecords.parse_spf` fields (mechanisms and modifiers)."""
     return " ".join(["v=spf1", *(_spf_term(name, value) for name, value in fields)])
 
 

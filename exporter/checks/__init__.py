@@ -1,4 +1,4 @@
-"""Turns a :class:`~exporter.config.Config` into scheduled :class:`~exporter.scheduler.Check` objects.
+"""Turns a :class:`~exporter.config.Config` into scheduled :class:`~exporter.core.scheduler.Check` objects.
 
 Each config section maps to one kind of check:
 
@@ -27,12 +27,12 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from exporter import config as cfgmod
-from exporter.model import Sink
-from exporter.probe import ProbeModule
+from exporter.core.model import Sink
+from exporter.core.scheduler import Check
 from exporter.probers import ProbeFn
 from exporter.probers.imap import ImapProbeSettings, probe_imap
 from exporter.probers.smtp import SmtpProbeSettings, probe_smtp
-from exporter.scheduler import Check
+from exporter.web.probe import ProbeModule
 
 if TYPE_CHECKING:
     from exporter.app import Exporter
@@ -89,7 +89,7 @@ def _endpoint_module(ep: cfgmod.EndpointConfig, g: cfgmod.GlobalConfig) -> Probe
 
 def probe_modules(cfg: cfgmod.Config) -> dict[str, ProbeModule]:
     """The modules ``/probe`` offers: every endpoint and every domain, by name."""
-    from exporter.checks_domain import domain_module
+    from exporter.checks.domain import domain_module
 
     g = cfg.global_
     modules = {ep.name: _endpoint_module(ep, g) for ep in cfg.endpoints}
@@ -100,9 +100,9 @@ def probe_modules(cfg: cfgmod.Config) -> dict[str, ProbeModule]:
 
 def build(cfg: cfgmod.Config, exporter: Exporter | None) -> list[Check]:
     """Build every check the config describes.  ``exporter`` is None for --config.check."""
-    from exporter.checks_domain import domain_checks
-    from exporter.checks_queue import queue_check
-    from exporter.checks_route import route_check
+    from exporter.checks.domain import domain_checks
+    from exporter.checks.queue import queue_check
+    from exporter.checks.route import route_check
 
     g = cfg.global_
     out: list[Check] = []
@@ -121,7 +121,7 @@ def build(cfg: cfgmod.Config, exporter: Exporter | None) -> list[Check]:
 def _prewarm_tls(cfg: cfgmod.Config) -> None:
     """Build the TLS contexts now: loading a trust store takes ~50 ms, which would
     otherwise stall the event loop (and /metrics) during a check's first run."""
-    from exporter.probers.tlsinfo import client_context
+    from exporter.net.tls import client_context
 
     settings = [ep.tls_config for ep in cfg.endpoints if ep.tls != "none"]
     settings += [d.smtp.tls for d in cfg.domains if d.smtp.starttls != "none"]

@@ -7,9 +7,9 @@ __all__ = ["queue_check"]
 import logging
 
 from exporter import config as cfgmod
-from exporter.model import Sink
+from exporter.core.model import Sink
+from exporter.core.scheduler import Check
 from exporter.queues import read_queue
-from exporter.scheduler import Check
 
 
 def queue_check(q: cfgmod.QueueConfig, g: cfgmod.GlobalConfig) -> Check:

@@ -3,7 +3,7 @@
 Operators run many exporters and copy one web config file between them, so the
 file format is exporter-toolkit's (``tls_server_config``, ``http_server_config``,
 ``basic_auth_users``, ``rate_limit``), decoded as strictly as the main config by
-:mod:`exporter.decode`: an unknown key is an error with its file, key path and line.
+:mod:`exporter.config.decode`: an unknown key is an error with its file, key path and line.
 Paths are relative to the web config file's directory.
 
 What Python's :mod:`ssl` cannot honour is accepted and logged, never silently
@@ -48,9 +48,9 @@ from typing import Literal
 
 import bcrypt
 
-from exporter.decode import Duration, decode, load_yaml
-from exporter.errors import ConfigError, ConfigIssue
-from exporter.secrets import Secret, register
+from exporter.config.decode import Duration, decode, load_yaml
+from exporter.core.errors import ConfigError, ConfigIssue
+from exporter.core.secrets import Secret, register
 
 log = logging.getLogger("exporter.web")
 

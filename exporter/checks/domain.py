@@ -23,11 +23,11 @@ import asyncio
 import logging
 
 from exporter import config as cfgmod
-from exporter.model import Failure, Sink
-from exporter.probe import ProbeModule
+from exporter.core.model import Failure, Sink
+from exporter.core.scheduler import Check
 from exporter.probers.dns import check_dnsbl, check_posture, discover_mx, make_resolver
 from exporter.probers.smtp import SmtpProbeSettings
-from exporter.scheduler import Check
+from exporter.web.probe import ProbeModule
 
 GRACE = 1.0
 

@@ -19,7 +19,7 @@ What lives here:
   phase timings, the redacted transcript, the single failure record and every
   connection it opened (all aborted when the run ends, also on cancellation).
   :func:`read_line` reads one bounded line and turns every low-level error into a
-  :class:`ProbeFailure` with a reason from :data:`exporter.model.REASONS`.
+  :class:`ProbeFailure` with a reason from :data:`exporter.core.model.REASONS`.
 * **The connect guard.** ``/probe`` runs checks on targets a client names, so it sets
   :data:`CONNECT_GUARD` for the duration of a request: :meth:`ProbeRun.connect` then
   asks the guard for the addresses of a host (it resolves and vets them, or raises
@@ -76,8 +76,9 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from exporter.config import TLSSettings
-from exporter.model import Sink
-from exporter.secrets import REDACTED, redact
+from exporter.core.errors import Failure
+from exporter.core.model import Sink
+from exporter.core.secrets import REDACTED, redact
 
 #: Longest line (including CRLF) a prober accepts from a server.  A longer line is a
 #: protocol failure, so that a garbage flood cannot grow a buffer without bound.
@@ -109,25 +110,19 @@ _TLS_VERSIONS: dict[str, ssl.TLSVersion] = {
 # --- errors ----------------------------------------------------------------------------------
 
 
-class ProbeFailure(Exception):
-    """A target misbehaved: ``reason`` is one of :data:`exporter.model.REASONS`.
+class ProbeFailure(Failure):
+    """A target misbehaved: ``reason`` is one of :data:`exporter.core.model.REASONS`.
 
     Internal to the probers: :meth:`ProbeRun.fail` turns it into exactly one
     ``sink.fail`` call at the prober boundary.
     """
 
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
 
-
-class CertRejected(Exception):
-    """The TLS handshake failed certificate verification (the chain, not the host name)."""
+class CertRejected(Failure):
+    """The TLS handshake failed certificate verification (the chain, not the host name); reason ``tls``."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+        super().__init__("tls", message)
 
 
 # --- contexts ----------------------------------------------------------------------------------

@@ -7,9 +7,9 @@ __all__ = ["route_check", "route_grace"]
 import logging
 
 from exporter import config as cfgmod
-from exporter.model import Sink
+from exporter.core.model import Sink
+from exporter.core.scheduler import Check
 from exporter.roundtrip.route import Route
-from exporter.scheduler import Check
 
 #: Slack beyond the run's own bounds, so that the run (not the scheduler) always ends it.
 _SLACK = 1.0
@@ -49,7 +49,7 @@ def route_check(route: cfgmod.RouteConfig, g: cfgmod.GlobalConfig) -> Check:
 def _prewarm_tls(route: cfgmod.RouteConfig) -> None:
     """Build the TLS contexts now: loading a trust store takes ~50 ms, which would
     otherwise stall the event loop (and /metrics) during the route's first run."""
-    from exporter.probers.tlsinfo import client_context
+    from exporter.net.tls import client_context
 
     for tls, settings in ((route.send.tls, route.send.tls_config), (route.receive.tls, route.receive.tls_config)):
         if tls != "none":

@@ -2,7 +2,7 @@
 
 A check (a prober, a queue reader, a round trip, a continuity source) writes what it
 measured into a :class:`Sink`.  The sink validates every sample against the metrics
-contract in :mod:`exporter.metrics` (family known, label names exactly as declared),
+contract in :mod:`exporter.core.metrics` (family known, label names exactly as declared),
 so an unbounded or misspelt label is a programming error caught in tests, not a
 cardinality incident in production.
 
@@ -25,7 +25,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from exporter import metrics
+from exporter.core import metrics
 
 #: The fixed set of failure reasons a probe may report (``mail_probe_failures_total``).
 REASONS: tuple[str, ...] = (

@@ -36,8 +36,8 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 
-from exporter.errors import ConfigError, ConfigIssue
-from exporter.secrets import Secret
+from exporter.core.errors import ConfigError, ConfigIssue
+from exporter.core.secrets import Secret
 
 
 class _DurationMarker:

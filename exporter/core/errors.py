@@ -3,7 +3,7 @@
 Every error the exporter raises on purpose derives from :class:`ExporterError` and
 also from the closest built-in, so callers may catch either.  A failing *target*
 is never an exception: probers turn network faults into a reason from
-:data:`exporter.model.REASONS` and return normally.
+:data:`exporter.core.model.REASONS` and return normally.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "ExporterError",
+    "Failure",
     "StoreError",
     "WebhookError",
 ]
@@ -21,6 +22,22 @@ from dataclasses import dataclass
 
 class ExporterError(Exception):
     """Base class of every error the exporter raises deliberately."""
+
+
+class Failure(ExporterError):
+    """A failure of something measured, with a ``reason`` from a fixed, bounded set.
+
+    The base of every error that becomes a ``reason`` label: a prober's
+    :class:`~exporter.net.tls.ProbeFailure`, a queue reader's ``QueueReadError``, a
+    round trip's ``ReceiverError``, a continuity source's ``SourceError``.  ``message``
+    is the human text (it may name a host, never a secret); ``str(exc)`` is the same.
+    Subclasses may check ``reason`` against their own set.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The metrics contract, as code.
 
 Every metric family the exporter can emit is declared here once, with its type,
-help text and exact label names.  :class:`exporter.model.Sink` refuses samples of
+help text and exact label names.  :class:`exporter.core.model.Sink` refuses samples of
 undeclared families or labels, the snapshot renders HELP/TYPE lines from here, and
 ``tests/test_metrics_contract.py`` checks that ``docs/metrics.md`` documents every
 family.  Names are a public API: the rules and dashboards depend on them.

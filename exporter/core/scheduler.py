@@ -6,7 +6,7 @@
 - A check that raises is recorded as a run with result ``error`` and the loop goes
   on: nothing a check does can stop the scheduler.
 - Each run's samples, plus the check's own self-metrics, replace the check's part of
-  the :class:`~exporter.snapshot.Snapshot`.
+  the :class:`~exporter.core.snapshot.Snapshot`.
 - :meth:`Scheduler.apply` swaps in a new set of checks: checks whose definition is
   unchanged keep running undisturbed (and keep their counters), removed checks are
   cancelled and their series dropped, new ones start.
@@ -25,9 +25,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from exporter.model import CheckState, Sink
-from exporter.secrets import redact
-from exporter.snapshot import Snapshot
+from exporter.core.model import CheckState, Sink
+from exporter.core.secrets import redact
+from exporter.core.snapshot import Snapshot
 
 RUN_RESULTS = ("success", "failure", "error")
 

@@ -1,6 +1,6 @@
 """The configuration schema: typed, frozen dataclasses, decoded strictly from YAML.
 
-Defaults live on the dataclasses; :mod:`exporter.decode` rejects unknown keys and
+Defaults live on the dataclasses; :mod:`exporter.config.decode` rejects unknown keys and
 reports every error with its key path; each ``validate`` method adds the
 cross-field rules.  ``docs/configuration.md`` documents every key here, and
 ``tests/test_config_docs.py`` keeps the two in step.
@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from exporter.decode import Duration, decode, load_yaml
-from exporter.errors import ConfigError, ConfigIssue
-from exporter.secrets import Secret
+from exporter.config.decode import Duration, decode, load_yaml
+from exporter.core.errors import ConfigError, ConfigIssue
+from exporter.core.secrets import Secret
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9])?\.?$")
@@ -468,7 +468,7 @@ class MaintenanceWindow:
     end: str
 
     def validate(self) -> list[tuple[str, str]]:
-        from exporter.continuity.webhook import parse_time
+        from exporter.core.timefmt import parse_time
 
         out: list[tuple[str, str]] = []
         times: dict[str, int] = {}

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import Any
 
-from exporter.secrets import redact
+from exporter.core.secrets import redact
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING, "error": logging.ERROR}
 

@@ -21,8 +21,8 @@ from typing import cast
 
 from prometheus_client.utils import floatToGoString
 
-from exporter.metrics import FAMILIES
-from exporter.model import Sample
+from exporter.core.metrics import FAMILIES
+from exporter.core.model import Sample
 
 _fmt = cast(Callable[[float], str], floatToGoString)
 _ORDER = {name: i for i, name in enumerate(FAMILIES)}

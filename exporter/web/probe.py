@@ -3,7 +3,7 @@
 Modules are the checks named in the config: an endpoint's ``name`` probes with that
 endpoint's settings (``target`` defaults to its ``address``); a domain probes its MX
 hosts (``target`` defaults to the domain).  Each request gets a fresh
-:class:`~exporter.model.CheckState`, so nothing leaks between requests or into
+:class:`~exporter.core.model.CheckState`, so nothing leaks between requests or into
 ``/metrics``.  The timeout is the smaller of the module's own and the scraper's
 ``X-Prometheus-Scrape-Timeout-Seconds`` minus :data:`TIMEOUT_OFFSET`.
 
@@ -25,7 +25,7 @@ and each step before any DNS lookup or connection:
    ``allow_address_classes`` (loopback, private, link_local; multicast, unspecified
    and other reserved addresses never).  Host names are resolved and vetted at
    connect time by :class:`AddressGuard`, through
-   :data:`exporter.probers.tlsinfo.CONNECT_GUARD`, and the probe connects to the
+   :data:`exporter.net.tls.CONNECT_GUARD`, and the probe connects to the
    vetted address, so DNS rebinding gains nothing; MX hosts are vetted the same way.
 
 A module's configured target is trusted like the scheduled checks, which connect
@@ -64,10 +64,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from exporter.config import ProbeConfig, parse_allow_target, split_target
-from exporter.model import CheckState, Sink
-from exporter.probers.tlsinfo import CONNECT_GUARD, ProbeFailure
-from exporter.secrets import redact
-from exporter.snapshot import render_samples
+from exporter.core.model import CheckState, Sink
+from exporter.core.secrets import redact
+from exporter.core.snapshot import render_samples
+from exporter.net.tls import CONNECT_GUARD, ProbeFailure
 
 if TYPE_CHECKING:
     from exporter.app import Exporter

@@ -41,8 +41,8 @@ from aiohttp import web
 from yarl import URL
 
 from exporter import __version__
-from exporter.secrets import redact
-from exporter.webconfig import WebSettings
+from exporter.core.secrets import redact
+from exporter.web.webconfig import WebSettings
 
 if TYPE_CHECKING:
     from exporter.app import Exporter
@@ -85,7 +85,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def probe(request: web.Request) -> web.Response:
-    from exporter.probe import handle_probe
+    from exporter.web.probe import handle_probe
 
     return await handle_probe(request, _exporter(request))
 

@@ -1,0 +1,1 @@
+"""Network primitives: connecting, TLS contexts, certificate inspection, the connect guard."""

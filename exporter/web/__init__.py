@@ -1,0 +1,1 @@
+"""The HTTP layer: server, /probe, status page, Alertmanager webhook handler, web config."""

@@ -16,11 +16,13 @@ import logging
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.gc_collector import GCCollector
+from prometheus_client.openmetrics import exposition as openmetrics_exposition
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
@@ -55,7 +57,7 @@ class Exporter:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.snapshot = Snapshot()
-        self.probe_gate = ProbeGate(self)  # /probe: rate limiter and refusal counters
+        self.probe_gate = ProbeGate(self.snapshot)  # /probe: rate limiter and refusal counters
         self.config: config.Config | None = None
         self.scheduler: Scheduler | None = None
         self.continuity: Continuity | None = None
@@ -78,10 +80,7 @@ class Exporter:
         return config.load(self.options.config_file)
 
     def build_checks(self, cfg: config.Config) -> list[Check]:
-        built = checks.build(cfg, self)
-        if self.continuity is not None:
-            built += self.continuity.build_checks(cfg)  # backup, replica and reconcile checks
-        return built
+        return checks.build(cfg, checks.BuildContext(continuity=self.continuity))
 
     async def start(self) -> None:
         """Load the config and start the checks.  Raises ConfigError if the first load fails."""
@@ -137,6 +136,20 @@ class Exporter:
         if self.continuity is not None:
             await self.continuity.close()
 
+    # --- the narrow views the web layer sees (exporter.web.server.Runtime) -------------------
+
+    @property
+    def incidents(self) -> Continuity | None:
+        return self.continuity
+
+    @property
+    def status_checks(self) -> Sequence[Check]:
+        return self.scheduler.checks if self.scheduler is not None else []
+
+    @property
+    def config_source(self) -> str:
+        return self.options.config_file or "embedded default"
+
     @property
     def ready(self) -> bool:
         return self.config is not None and self.scheduler is not None and self.scheduler.scheduled.is_set()
@@ -159,5 +172,10 @@ class Exporter:
             out.extend(Sample("mail_exporter_checks", "", (("check", k),), float(n)) for k, n in sorted(kinds.items()))
         return out
 
-    def render_self(self) -> bytes:
+    def render_self(self, openmetrics: bool = False) -> bytes:
+        """The self-metrics and prometheus-client's process registry; OpenMetrics without its ``# EOF``."""
+        if openmetrics:
+            process: bytes = openmetrics_exposition.generate_latest(self._process_registry)  # type: ignore[no-untyped-call]
+            process = process.removesuffix(b"# EOF\n")
+            return render_samples(self.self_samples(), openmetrics=True).encode() + process
         return render_samples(self.self_samples()).encode() + generate_latest(self._process_registry)

@@ -176,3 +176,20 @@ def run_exporter(
         yield exp
     finally:
         exp.stop()
+
+
+def readable_source(dest: Path) -> Path:
+    """A copy of the ``exporter`` package under ``dest`` that every user can read.
+
+    Tests that run the exporter as an unprivileged user put this first on PYTHONPATH:
+    the checkout itself may sit in a directory only root can enter (a fresh clone in
+    ``mktemp -d``, as ``ci-fresh`` makes).  ``dest`` and its parents must be searchable.
+    """
+    import shutil
+
+    root = Path(__file__).resolve().parent.parent
+    target = dest / "src"
+    shutil.copytree(root / "exporter", target / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [target, *target.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return target

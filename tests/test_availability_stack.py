@@ -28,8 +28,8 @@ global:
 domains:
   - domain: example.test
     min_healthy_mx: 2
-    smtp: {{port: {stack.port("smtp")}, starttls: required, helo: monitor.example.test,
-            tls: {{ca_file: "{stack.ca_file}"}}}}
+    smtp: {{port: {stack.port("smtp")}, tls: starttls, helo: monitor.example.test,
+            tls_config: {{ca_file: "{stack.ca_file}"}}}}
     dns: {{mx: true, spf: false, dmarc: false}}
 """
     with run_exporter(tmp_path, config_text=cfg) as exp:
@@ -183,7 +183,7 @@ def _forms(password: str) -> list[str]:
 
 def test_dns_posture_and_dnsbl_through_the_exporter(stack: Stack, tmp_path: Path) -> None:
     domains = "\n".join(
-        f"  - {{domain: {d}, smtp: {{port: {stack.port('smtp')}, tls: {{verify: false}}}},"
+        f"  - {{domain: {d}, smtp: {{port: {stack.port('smtp')}, tls_config: {{verify: false}}}},"
         f" dns: {{mx: true, spf: true, dmarc: true, mta_sts: true, tls_rpt: true, dkim_selectors: [mail]}}}}"
         for d in ("good.test", "badspf.test", "baddmarc.test", "notlsrpt.test")
     )

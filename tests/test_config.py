@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import config
-from exporter.config.decode import format_duration, parse_duration
+from exporter.config.decode import Renamed, format_duration, parse_duration
 from exporter.core.errors import ConfigError
 
 TESTDATA = Path(__file__).parent / "testdata"
@@ -190,3 +193,64 @@ def test_no_config_env_leak_into_issue_messages() -> None:
         config.load(TESTDATA / "invalid-type.yml")
     assert all(str(i).startswith("invalid-type.yml: ") for i in info.value.issues)
     assert os.sep + "testdata" not in str(info.value)
+
+
+# --- one TLS vocabulary (STYLE.md 13) -------------------------------------------------------------
+
+
+def _config_dataclasses() -> dict[type[Any], dict[str, Any]]:
+    """Every config dataclass reachable from Config, with its YAML keys and their types."""
+    seen: dict[type[Any], dict[str, Any]] = {}
+    todo: list[Any] = [config.Config]
+    while todo:
+        tp = todo.pop()
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            if tp in seen:
+                continue
+            hints = typing.get_type_hints(tp, include_extras=True)
+            seen[tp] = {str(f.metadata.get("key", f.name)): hints[f.name] for f in dataclasses.fields(tp)}
+            todo.extend(seen[tp].values())
+        else:
+            todo.extend(a for a in typing.get_args(tp) if a is not Ellipsis)
+    return seen
+
+
+def test_one_tls_vocabulary_in_every_section() -> None:
+    """``tls`` is always the mode and ``tls_config`` always the settings, in YAML and in the dataclasses."""
+    sections = 0
+    for cls, keys in _config_dataclasses().items():
+        settings = [k for k, tp in keys.items() if tp is config.TLSSettings]
+        if not settings:
+            continue
+        sections += 1
+        assert settings == ["tls_config"], cls.__name__
+        assert typing.get_origin(keys.get("tls")) is typing.Literal, cls.__name__
+        assert {"starttls", "none"} <= set(typing.get_args(keys["tls"])), cls.__name__
+        assert {f.name for f in dataclasses.fields(cls)} >= {"tls", "tls_config"}, cls.__name__
+    assert sections == 5  # domains[].smtp, endpoints[], routes[].send, routes[].receive, the canary's IMAP
+
+
+def test_renamed_rules_refuse_only_old_spellings() -> None:
+    """A rule for a whole key names a key that is gone; a rule for values names values no longer accepted."""
+    rules = 0
+    for cls, keys in _config_dataclasses().items():
+        renamed: tuple[Renamed, ...] = getattr(cls, "RENAMED", ())
+        for rule in renamed:
+            rules += 1
+            if rule.values:
+                assert not set(rule.values) & set(typing.get_args(keys[rule.key])), rule
+            elif rule.shape is None:
+                assert rule.key not in keys, rule
+    assert rules >= 3
+
+
+def test_new_tls_spelling_of_domains_smtp() -> None:
+    cfg = config.load_text(
+        "domains:\n"
+        "  - {domain: example.com, smtp: {tls: starttls, tls_config: {ca_file: /etc/ca.pem, verify: false}}}\n"
+        "  - {domain: example.net}\n",
+        "c.yml",
+    )
+    first, second = (d.smtp for d in cfg.domains)
+    assert (first.tls, first.tls_config.ca_file, first.tls_config.verify) == ("starttls", "/etc/ca.pem", False)
+    assert (second.tls, second.tls_config) == ("optional", config.TLSSettings())

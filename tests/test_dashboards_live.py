@@ -154,7 +154,7 @@ global:
 domains:
   - domain: example.test
     min_healthy_mx: 1
-    smtp: {{port: {stack.port("smtp")}, starttls: required, helo: monitor.example.test, tls: {{ca_file: "{ca}"}}}}
+    smtp: {{port: {stack.port("smtp")}, tls: starttls, helo: monitor.example.test, tls_config: {{ca_file: "{ca}"}}}}
     dns: {{mx: true, spf: true, dmarc: true}}
     dnsbl: [dnsbl.test]
     sending_ips: [127.0.0.3]

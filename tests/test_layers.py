@@ -98,8 +98,10 @@ def violations(root: Path = PACKAGE) -> list[str]:
             if dst not in LAYERS:
                 out.append(f"{path.relative_to(ROOT)}:{line}: imports {target}, which has no layer")
             elif LAYERS[dst] > LAYERS[src]:
-                out.append(f"{path.relative_to(ROOT)}:{line}: {src} (layer {LAYERS[src]}) imports {target} "
-                           f"(layer {LAYERS[dst]}, higher)")
+                out.append(
+                    f"{path.relative_to(ROOT)}:{line}: {src} (layer {LAYERS[src]}) imports {target} "
+                    f"(layer {LAYERS[dst]}, higher)"
+                )
             elif LAYERS[dst] == LAYERS[src]:
                 out.append(f"{path.relative_to(ROOT)}:{line}: {src} imports its sibling {target} (same layer)")
     return out
@@ -109,8 +111,10 @@ def cycles(root: Path = PACKAGE) -> list[list[str]]:
     """Strongly connected components of more than one module (Tarjan)."""
     mods = modules(root)
     known = set(mods)
-    graph = {name: sorted({t for t, _ in imports_of(name, path, known) if t in known and t != name})
-             for name, path in mods.items()}
+    graph = {
+        name: sorted({t for t, _ in imports_of(name, path, known) if t in known and t != name})
+        for name, path in mods.items()
+    }
     # A package's __init__ importing its own submodules to re-export them is not a cycle
     # unless a submodule imports the package back; both edges are kept, so such a pair shows.
     index: dict[str, int] = {}
@@ -179,8 +183,11 @@ def _copy_tree(tmp_path: Path) -> Path:
     ("module", "statement", "expected"),
     [
         ("core/model.py", "from exporter.app import Exporter", "core (layer 0) imports exporter.app"),
-        ("config/__init__.py", "from exporter.continuity import webhook",
-         "config (layer 1) imports exporter.continuity"),
+        (
+            "config/__init__.py",
+            "from exporter.continuity import webhook",
+            "config (layer 1) imports exporter.continuity",
+        ),
         ("probers/smtp.py", "from exporter.queues import read_queue", "probers imports its sibling exporter.queues"),
     ],
 )
@@ -205,8 +212,9 @@ def test_a_type_checking_import_counts(tmp_path: Path, monkeypatch: pytest.Monke
 
 def test_a_cycle_inside_a_package_is_caught(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = _copy_tree(tmp_path)
-    (root / "core" / "metrics.py").write_text((root / "core" / "metrics.py").read_text()
-                                             + "\n\ndef _late():\n    from exporter.core import model\n")
+    (root / "core" / "metrics.py").write_text(
+        (root / "core" / "metrics.py").read_text() + "\n\ndef _late():\n    from exporter.core import model\n"
+    )
     monkeypatch.setattr(__import__(__name__), "ROOT", tmp_path)
     found = cycles(root)
     assert any("exporter.core.metrics" in c and "exporter.core.model" in c for c in found), found

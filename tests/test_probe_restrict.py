@@ -243,7 +243,7 @@ global:
 endpoints:
   - {{name: mta, protocol: smtp, address: '127.0.0.1:{stack.port("smtp")}', tls: none}}
 domains:
-  - {{domain: good.test, smtp: {{port: {stack.port("smtp")}, starttls: none}}}}
+  - {{domain: good.test, smtp: {{port: {stack.port("smtp")}, tls: none}}}}
 probe: {probe}
 """
 
@@ -396,7 +396,7 @@ global:
 endpoints:
   - {{name: mta, protocol: smtp, address: '127.0.0.1:9', tls: none}}
 domains:
-  - {{domain: home.test, smtp: {{port: 9, starttls: none}}, dns: {{spf: false, dmarc: false}}}}
+  - {{domain: home.test, smtp: {{port: 9, tls: none}}, dns: {{spf: false, dmarc: false}}}}
 probe: {probe}
 """
     (tmp_path / "config.yml").write_text(text)

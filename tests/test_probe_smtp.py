@@ -480,9 +480,11 @@ def test_settings_from_config() -> None:
     )
     s = SmtpProbeSettings.from_endpoint(cfg)
     assert (s.tls, s.helo, s.auth) == ("implicit", "probe.test", cfg.auth)
-    assert SmtpProbeSettings.from_domain(SmtpSettings(starttls="required")).tls == "starttls"
-    assert SmtpProbeSettings.from_domain(SmtpSettings(starttls="optional")).tls == "optional"
-    assert SmtpProbeSettings.from_domain(SmtpSettings(starttls="none", helo="h.test")).helo == "h.test"
+    assert SmtpProbeSettings.from_domain(SmtpSettings(tls="starttls")).tls == "starttls"
+    assert SmtpProbeSettings.from_domain(SmtpSettings(tls="optional")).tls == "optional"
+    assert SmtpProbeSettings.from_domain(SmtpSettings(tls="none", helo="h.test")).helo == "h.test"
+    no_verify = SmtpSettings(tls_config=TLSSettings(verify=False))
+    assert SmtpProbeSettings.from_domain(no_verify).tls_settings == TLSSettings(verify=False)
 
 
 @pytest.mark.asyncio

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import smtplib
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import readable_source
 from stack import Stack, tool, tool_env
 
 from exporter.config import PostfixQueue
@@ -315,11 +318,21 @@ asyncio.run(main())
 """
 
 
+@pytest.fixture
+def readable_src() -> Iterator[Path]:
+    top = Path(tempfile.mkdtemp(prefix="mce-showq-"))
+    try:
+        top.chmod(0o755)
+        yield readable_source(top)
+    finally:
+        shutil.rmtree(top)
+
+
 @pytest.mark.asyncio
-async def test_auto_reader_unprivileged_is_showq(stack: Stack) -> None:
+async def test_auto_reader_unprivileged_is_showq(stack: Stack, readable_src: Path) -> None:
     """As nobody in the postdrop group (which owns public/), auto picks the showq socket."""
     setpriv = tool("setpriv")
-    repo = str(Path(__file__).resolve().parent.parent)
+    repo = str(readable_src)  # a copy: the checkout may be in a directory nobody cannot enter
     for _ in range(10):
         before = stack.postqueue_json()
         proc = subprocess.run(

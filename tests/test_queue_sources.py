@@ -11,14 +11,16 @@ import logging
 import os
 import sys
 import time
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from exporter.config import CommandQueue, DirectoryQueue, EximQueue, PostfixQueue
+from exporter.config import CommandQueue, DirectoryQueue, EximQueue, PostfixQueue, QueueConfig
 from exporter.core.model import Sink
 from exporter.queues import POSTFIX_QUEUES, QueueCache, make_cache, read_queue
+from exporter.queues.registry import READERS
 
 LOG = logging.getLogger("test.queues")
 
@@ -537,3 +539,11 @@ async def test_command_timeout_kills_the_process(tmp_path: Path) -> None:
     pid = int(pidfile.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+
+def test_every_queue_type_has_exactly_one_reader() -> None:
+    types = {typing.get_args(typing.get_type_hints(c)["type"])[0] for c in typing.get_args(QueueConfig)}
+    assert set(READERS) == types

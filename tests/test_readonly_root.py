@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import free_port, http, metric_values, one
+from helpers import free_port, http, metric_values, one, readable_source
 from test_continuity_support import alert_keys, am_alert, body, payload, post
 
 UID = 10587
@@ -127,7 +127,14 @@ def readonly_exporter(top: Path, port: int) -> Iterator[subprocess.Popen[bytes]]
         f"--storage.path={storage}",
         f"--config.file={top / 'config.yml'}",
     ]
-    env = {**os.environ, "UID_": str(UID), "HOME": str(storage), "PYTHONDONTWRITEBYTECODE": "1"}
+    src = readable_source(top)  # the checkout may be in a directory uid 10587 cannot enter
+    env = {
+        **os.environ,
+        "UID_": str(UID),
+        "HOME": str(storage),
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": str(src),
+    }
     with (top / "exporter.log").open("wb") as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=top)
     try:

@@ -138,7 +138,7 @@ global:
 domains:
   - domain: example.test
     min_healthy_mx: 1
-    smtp: {{port: {smtp}, starttls: required, helo: monitor.example.test, tls: {{ca_file: "{stack.ca_file}"}}}}
+    smtp: {{port: {smtp}, tls: starttls, helo: monitor.example.test, tls_config: {{ca_file: "{stack.ca_file}"}}}}
     dns: {{mx: true, spf: false, dmarc: false}}
 continuity:
   services:

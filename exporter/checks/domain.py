@@ -20,16 +20,18 @@ from __future__ import annotations
 __all__ = ["domain_checks", "domain_module"]
 
 import asyncio
+import dataclasses
 import logging
+from collections.abc import Iterable
 
 from exporter import config as cfgmod
+from exporter.checks.probing import GRACE, run_probe
+from exporter.checks.registry import BuildContext, ProbeModule, check_kind, probe_module_kind
 from exporter.core.model import Failure, Sink
 from exporter.core.scheduler import Check
+from exporter.net.tls import prewarm
 from exporter.probers.dns import check_dnsbl, check_posture, discover_mx, make_resolver
 from exporter.probers.smtp import SmtpProbeSettings
-from exporter.web.probe import ProbeModule
-
-GRACE = 1.0
 
 
 def mx_target(host: str, address: str, port: int) -> str:
@@ -39,8 +41,6 @@ def mx_target(host: str, address: str, port: int) -> str:
 async def run_mx(
     d: cfgmod.DomainConfig, g: cfgmod.GlobalConfig, sink: Sink, log: logging.Logger, probe_timeout: float
 ) -> bool:
-    from exporter.checks import run_probe
-
     domain = d.domain
     sink.gauge("mail_mx_min_healthy", d.min_healthy_mx, domain=domain)
     sink.gauge("mail_mx_healthy", 0, domain=domain)
@@ -117,10 +117,21 @@ def domain_module(d: cfgmod.DomainConfig, g: cfgmod.GlobalConfig) -> ProbeModule
     probe_timeout, check_timeout = _timeouts(d, g)
 
     async def run(target: str, sink: Sink, log: logging.Logger, timeout: float) -> bool:
-        import dataclasses
-
         cfg = dataclasses.replace(d, domain=target) if target != d.domain else d
         async with asyncio.timeout(timeout):
             return await run_mx(cfg, g, sink, log, min(probe_timeout, timeout))
 
     return ProbeModule(d.domain, "mx", d.domain, check_timeout, run)
+
+
+@check_kind("domain", order=20)
+def build(cfg: cfgmod.Config, ctx: BuildContext) -> Iterable[Check]:
+    checks = [c for d in cfg.domains for c in domain_checks(d, cfg.global_)]
+    settings = (SmtpProbeSettings.from_domain(d.smtp) for d in cfg.domains)
+    prewarm(s.tls_settings for s in settings if s.tls != "none")
+    return checks
+
+
+@probe_module_kind("domain", order=20)
+def modules(cfg: cfgmod.Config) -> Iterable[ProbeModule]:
+    return [domain_module(d, cfg.global_) for d in cfg.domains]

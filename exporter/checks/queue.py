@@ -5,8 +5,10 @@ from __future__ import annotations
 __all__ = ["queue_check"]
 
 import logging
+from collections.abc import Iterable
 
 from exporter import config as cfgmod
+from exporter.checks.registry import BuildContext, check_kind
 from exporter.core.model import Sink
 from exporter.core.scheduler import Check
 from exporter.queues import read_queue
@@ -24,3 +26,8 @@ def queue_check(q: cfgmod.QueueConfig, g: cfgmod.GlobalConfig) -> Check:
         sink.fail("timeout", f"queue read did not finish within {timeout:g}s")
 
     return Check("queue", q.name, q.interval or g.interval, timeout, q, run, on_timeout=on_timeout)
+
+
+@check_kind("queue", order=30)
+def build(cfg: cfgmod.Config, ctx: BuildContext) -> Iterable[Check]:
+    return [queue_check(q, cfg.global_) for q in cfg.queues]

@@ -5,10 +5,13 @@ from __future__ import annotations
 __all__ = ["route_check", "route_grace"]
 
 import logging
+from collections.abc import Iterable
 
 from exporter import config as cfgmod
+from exporter.checks.registry import BuildContext, check_kind
 from exporter.core.model import Sink
 from exporter.core.scheduler import Check
+from exporter.net.tls import prewarm
 from exporter.roundtrip.route import Route
 
 #: Slack beyond the run's own bounds, so that the run (not the scheduler) always ends it.
@@ -21,9 +24,13 @@ def route_grace(g: cfgmod.GlobalConfig) -> float:
     return 3 * g.timeout + _SLACK
 
 
+def _tls_of(route: cfgmod.RouteConfig) -> list[tuple[str, cfgmod.TLSSettings]]:
+    return [(route.send.tls, route.send.tls_config), (route.receive.tls, route.receive.tls_config)]
+
+
 def route_check(route: cfgmod.RouteConfig, g: cfgmod.GlobalConfig) -> Check:
     """A check of kind ``route`` named after the route; its counters live in the route's state."""
-    _prewarm_tls(route)
+    prewarm(tls_config for mode, tls_config in _tls_of(route) if mode != "none")
     runner = Route(
         route,
         imap_timeout=g.timeout,
@@ -46,14 +53,6 @@ def route_check(route: cfgmod.RouteConfig, g: cfgmod.GlobalConfig) -> Check:
     )
 
 
-def _prewarm_tls(route: cfgmod.RouteConfig) -> None:
-    """Build the TLS contexts now: loading a trust store takes ~50 ms, which would
-    otherwise stall the event loop (and /metrics) during the route's first run."""
-    from exporter.net.tls import client_context
-
-    for tls, settings in ((route.send.tls, route.send.tls_config), (route.receive.tls, route.receive.tls_config)):
-        if tls != "none":
-            try:
-                client_context(settings, verify=settings.verify)
-            except (OSError, ValueError):
-                pass  # an unreadable ca_file is reported by the run itself, as reason "tls"
+@check_kind("route", order=40)
+def build(cfg: cfgmod.Config, ctx: BuildContext) -> Iterable[Check]:
+    return [route_check(r, cfg.global_) for r in cfg.routes]

@@ -22,16 +22,18 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from exporter.config.decode import Duration, decode, load_yaml
+from exporter.config.decode import Duration, Renamed, decode, load_yaml
 from exporter.core.errors import ConfigError, ConfigIssue
 from exporter.core.secrets import Secret
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
 _HOST_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]*[A-Za-z0-9])?\.?$")
 
+# One TLS vocabulary in every section: ``tls`` is the mode, ``tls_config`` the TLSSettings.
 SmtpTLS = Literal["starttls", "optional", "implicit", "none"]
+MxTLS = Literal["starttls", "optional", "none"]  # an MX host offers STARTTLS, never implicit TLS
 ImapTLS = Literal["starttls", "implicit", "none"]
 
 
@@ -162,10 +164,19 @@ class AuthConfig:
 @dataclass(frozen=True)
 class SmtpSettings:
     port: int = 25
-    starttls: Literal["required", "optional", "none"] = "optional"
+    tls: MxTLS = "optional"
     helo: str = "mail-continuity-exporter.invalid"
-    tls: TLSSettings = field(default_factory=TLSSettings)
+    tls_config: TLSSettings = field(default_factory=TLSSettings)
     timeout: Duration | None = None
+
+    #: The spellings from before one TLS vocabulary: refused with the new key, never aliased.
+    RENAMED: ClassVar[tuple[Renamed, ...]] = (
+        Renamed("starttls", 'use "tls: starttls | optional | none" (and "tls_config:" for the settings)'),
+        Renamed(
+            "tls", 'use "tls_config:" for the TLS settings ("tls:" is the mode: starttls | optional | none)', shape=dict
+        ),
+        Renamed("tls", 'use "tls: starttls" (the mode "required" is now "starttls")', values=("required",)),
+    )
 
 
 @dataclass(frozen=True)

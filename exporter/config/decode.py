@@ -12,12 +12,16 @@ was found (secrets are never shown), and the line in the file.
 
 A dataclass may define ``validate(self) -> list[tuple[str, str]]`` for cross-field
 rules; each ``(subpath, message)`` becomes an issue under the dataclass's path.
+
+A dataclass may list the old spellings of its keys in ``RENAMED: ClassVar[tuple[Renamed, ...]]``:
+each is refused with ``renamed: <what to write instead>``, never read as an alias.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "Duration",
+    "Renamed",
     "decode",
     "format_duration",
     "load_yaml",
@@ -83,6 +87,40 @@ def format_duration(seconds: float) -> str:
     if parse_duration(readable) == seconds:
         return readable
     return format(Decimal(repr(seconds)), "f") + "s"
+
+
+@dataclasses.dataclass(frozen=True)
+class Renamed:
+    """An old spelling of a key of a dataclass, refused with a pointer to the new one.
+
+    ``key`` alone: the key is gone.  With ``values``: only those values of the key are old
+    spellings (a renamed value).  With ``shape``: only values of that YAML shape (``dict``
+    for a mapping), for a key whose name now means something else.  The error reads
+    ``KEY.PATH: renamed: USE``.
+    """
+
+    key: str
+    use: str
+    values: tuple[str, ...] = ()
+    shape: type[Any] | None = None
+
+    def matches(self, value: Any) -> bool:
+        if self.values:
+            return isinstance(value, str) and value in self.values
+        if self.shape is not None:
+            return isinstance(value, self.shape)
+        return True
+
+
+def _renamed(cls: type[Any], value: dict[Any, Any]) -> dict[str, str]:
+    """The keys of ``value`` that are old spellings in ``cls``, with what to write instead."""
+    rules: tuple[Renamed, ...] = getattr(cls, "RENAMED", ())
+    out: dict[str, str] = {}
+    for key, item in value.items():
+        use = next((rule.use for rule in rules if rule.key == key and rule.matches(item)), None)
+        if use is not None:
+            out[key] = use
+    return out
 
 
 class _Ctx:
@@ -353,7 +391,13 @@ def _decode_dataclass(cls: type[Any], value: Any, path: str, ctx: _Ctx) -> Any:
     secret_files = {f"{k}_file": k for k, f in fields.items() if _is_secret(hints[f.name])}
     kwargs: dict[str, Any] = {}
     failed = False
+    renamed = _renamed(cls, value)
+    for key, use in renamed.items():
+        ctx.error(f"{path}.{key}" if path else key, f"renamed: {use}")
+        failed = True
     for key in value:
+        if key in renamed:
+            continue
         if key not in fields and key not in secret_files:
             sub = f"{path}.{key}" if path else str(key)
             hint = _suggest(str(key), list(fields) + list(secret_files))
@@ -369,6 +413,8 @@ def _decode_dataclass(cls: type[Any], value: Any, path: str, ctx: _Ctx) -> Any:
                 failed = True
                 continue
             decoded = _read_secret_file(value[file_key], f"{path}.{file_key}" if path else file_key, ctx)
+        elif key in renamed:
+            continue
         elif key in value:
             decoded = _decode(tp, value[key], sub, ctx, secret=_is_secret(tp))
         elif f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:

@@ -1,18 +1,23 @@
-"""The :class:`Continuity` object the exporter owns: store, webhook, figures, sources, reconciliation.
+"""The :class:`Continuity` service the exporter owns: store, ingestion, figures, objectives, reconciliation.
 
-- **Webhook** (``POST /alertmanager``, :meth:`Continuity.handle_webhook`): authentication
-  (bearer token or basic auth, compared in constant time), content type (JSON, else 415),
-  size (``webhook.max_body_bytes``, else 413), validation (else 400, and nothing is
-  written), then one durable store transaction; 200 only after its commit, 503 when the
-  store fails (Alertmanager retries 5xx answers, not 4xx ones).
+Domain logic only: the HTTP side of the webhook (auth, content type, size, status
+codes) is :mod:`exporter.web.webhook`, the status page's incident table is
+:mod:`exporter.web.status`, and the backup, replica and reconcile checks are
+:mod:`exporter.checks` kinds that report their readings here through the
+:class:`~exporter.checks.registry.ContinuityHooks` methods.
+
+- **Ingestion** (:meth:`Continuity.ingest_notification`): a validated notification is
+  classified into incident events and stored in one durable transaction; it returns
+  only after the commit, and raises StoreError when the store fails.
 - **Figures** are recomputed from the store in the background, shortly after a change
   (at most once a second) and every :data:`REFRESH_INTERVAL` seconds, and published to
   the snapshot under ``continuity/incidents`` and ``continuity/figures``.  Objectives
   (RTO, RPO, targets, maintenance) go under ``continuity/objectives``, recomputed after
   every backup or replica reading too.  A scrape never touches the store.
-- **Sources** are scheduler checks: kind ``backup`` (name ``dataset/backup``), kind
-  ``replica`` (``dataset/replica``) and kind ``reconcile`` (``alertmanager``), so each has
-  the usual ``mail_exporter_check_*`` self-metrics and a row on the status page.
+- **Sources** are scheduler checks built in :mod:`exporter.checks`: kind ``backup``
+  (name ``dataset/backup``), kind ``replica`` (``dataset/replica``) and kind
+  ``reconcile`` (``alertmanager``); their readings arrive through :meth:`record_backup`,
+  :meth:`record_replica` and :meth:`reconcile_once`.
 - **Check outages**: a scheduler listener counts consecutive failed runs of the checks a
   service lists in ``check_outages``; at ``check_outage_threshold`` it records an outage
   starting at the first failed run, which ends when a run of that check succeeds.
@@ -20,22 +25,18 @@
 
 from __future__ import annotations
 
-__all__ = ["REFRESH_INTERVAL", "WEBHOOK_RESULTS", "Continuity", "status_section"]
+__all__ = ["RECONCILE_TIMEOUT", "REFRESH_INTERVAL", "WEBHOOK_RESULTS", "Continuity", "source_names"]
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import hmac
-import html
 import logging
 import math
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from aiohttp import ClientError, ClientSession, ClientTimeout, web
+from aiohttp import ClientError, ClientSession, ClientTimeout
 
 from exporter import config as cfgmod
 from exporter.continuity import figures
@@ -50,16 +51,13 @@ from exporter.continuity.incidents import (
     parse_maintenance,
     severity_of,
 )
-from exporter.continuity.sources import SourceError, measure_canary, read_backup, read_command_lag
-from exporter.continuity.store import SqliteStore, Store, Summary
-from exporter.continuity.webhook import format_time, parse_active_alerts, parse_notification
+from exporter.continuity.store import OpenIncident, SqliteStore, Store, Summary
+from exporter.continuity.webhook import Notification, parse_active_alerts
 from exporter.core.errors import StoreError, WebhookError
 from exporter.core.model import CheckState, Sample, Sink, histogram_samples
 from exporter.core.scheduler import Check, RunRecord
 from exporter.core.snapshot import Snapshot
-
-if TYPE_CHECKING:
-    from exporter.app import Exporter
+from exporter.core.timefmt import format_time
 
 log = logging.getLogger("exporter.continuity")
 
@@ -73,8 +71,6 @@ HORIZON = WINDOWS[-1][1] + figures.DAY
 WEBHOOK_RESULTS = ("accepted", "invalid", "too_large", "unsupported_media_type", "unauthorized", "error")
 #: Alertmanager API request time limit.
 RECONCILE_TIMEOUT = 30.0
-#: Extra time the scheduler gives an IMAP canary beyond its own timeout (connect, login, cleanup).
-CANARY_GRACE = 15.0
 
 
 @dataclass
@@ -96,7 +92,7 @@ class _Outage:
     open: tuple[str, int, float] | None = None  # (fingerprint, starts_ms, starts_at) while recorded
 
 
-def _source_names(items: Sequence[cfgmod.BackupConfig] | Sequence[cfgmod.ReplicaConfig]) -> list[str]:
+def source_names(items: Sequence[cfgmod.BackupConfig] | Sequence[cfgmod.ReplicaConfig]) -> list[str]:
     """Label values for a dataset's sources: the configured name, else the type (numbered if repeated)."""
     types = [i.type for i in items]
     out: list[str] = []
@@ -162,7 +158,7 @@ class Continuity:
         self.maintenance = parse_maintenance(c.maintenance)
         self.classifier = Classifier(c.services, self.maintenance)
         self.config = cfg
-        datasets = {(d.name, n) for d in c.datasets for n in _source_names(d.backups) + _source_names(d.replicas)}
+        datasets = {(d.name, n) for d in c.datasets for n in source_names(d.backups) + source_names(d.replicas)}
         for table in (self._backups, self._replicas):
             for key in list(table):
                 if key not in datasets:
@@ -199,7 +195,8 @@ class Continuity:
         if self._dirty is not None:
             self._dirty.set()
 
-    def _count(self, result: str) -> None:
+    def count_webhook(self, result: str) -> None:
+        """Count one webhook request by outcome (``mail_webhook_notifications_total{result}``)."""
         self._webhook[result] += 1
         if self._webhook_publish is None:
             with contextlib.suppress(RuntimeError):
@@ -213,78 +210,20 @@ class Continuity:
             state.inc("mail_webhook_notifications_total", float(n), result=result)
         self.snapshot.update("continuity/webhook", list(state.samples()))
 
-    def _authorized(self, request: web.Request) -> bool:
-        cfg = self.webhook_config
-        if cfg.bearer_token is None and cfg.basic_auth is None:
-            return True
-        header = request.headers.get("Authorization", "")
-        scheme, _, value = header.partition(" ")
-        value = value.strip()
-        token = cfg.bearer_token
-        if (
-            token is not None
-            and scheme.lower() == "bearer"
-            and hmac.compare_digest(value.encode(), token.reveal().encode())
-        ):
-            return True
-        if cfg.basic_auth is not None and scheme.lower() == "basic":
-            try:
-                given = base64.b64decode(value, validate=True)
-            except (binascii.Error, ValueError):
-                return False
-            want = f"{cfg.basic_auth.username}:{cfg.basic_auth.password.reveal()}".encode()
-            if hmac.compare_digest(given, want):
-                return True
-        return False
+    async def ingest_notification(self, note: Notification) -> int:
+        """Classify a validated notification and store it durably; returns the number of alerts.
 
-    async def handle_webhook(self, request: web.Request) -> web.Response:
-        """``POST /alertmanager``.  The body must arrive within ``--web.read-timeout`` (else 408)."""
-        from exporter.web.server import body_timeout
-
-        cfg = self.webhook_config
-        if not self._authorized(request):
-            self._count("unauthorized")
-            challenge = 'Bearer realm="mail-continuity-exporter"'
-            if cfg.basic_auth is not None:
-                challenge = 'Basic realm="mail-continuity-exporter"'
-            return web.Response(status=401, text="Unauthorized.\n", headers={"WWW-Authenticate": challenge})
-        ctype = request.content_type.lower()
-        if ctype != "application/json" and not (ctype.startswith("application/") and ctype.endswith("+json")):
-            self._count("unsupported_media_type")
-            return web.Response(status=415, text=f'Expected Content-Type "application/json", got "{ctype[:60]}".\n')
-        limit = cfg.max_body_bytes
-        try:
-            async with asyncio.timeout(body_timeout(request)):
-                body = await _read_body(request, limit)
-        except TimeoutError:
-            self._count("invalid")
-            log.info("webhook body not received in time", extra={"kv": {"timeout": body_timeout(request)}})
-            resp = web.Response(status=408, text="Request body not received within --web.read-timeout.\n")
-            resp.force_close()
-            return resp
-        if body is None:
-            self._count("too_large")
-            return web.Response(status=413, text=f"Body larger than webhook.max_body_bytes ({limit} bytes).\n")
-        try:
-            note = parse_notification(body)
-        except WebhookError as exc:
-            self._count("invalid")
-            log.info("webhook notification rejected", extra={"kv": {"err": str(exc), "status": exc.status}})
-            return web.Response(status=exc.status, text=f"Rejected: {exc}\n")
+        Returns after the commit.  Raises StoreError (the caller answers 503, so that
+        Alertmanager retries).
+        """
         events = events_from_notification(note, self.classifier)
-        try:
-            await self.ingest(events)
-        except StoreError as exc:
-            self._count("error")
-            log.error("webhook notification not stored", extra={"kv": {"err": str(exc)}})
-            return web.Response(status=503, text="Not stored: the incident store failed; retry later.\n")
-        self._count("accepted")
+        await self.ingest(events)
         if note.truncated_alerts:
             log.warning(
                 "notification truncated by Alertmanager (max_alerts); the missing alerts are not recorded",
                 extra={"kv": {"truncated": note.truncated_alerts, "receiver": note.receiver}},
             )
-        return web.Response(text=f"Stored {len(events)} alerts.\n")
+        return len(events)
 
     # --- refresh ----------------------------------------------------------------------------------------
 
@@ -367,12 +306,12 @@ class Continuity:
 
     def rpo_estimate(self, dataset: cfgmod.DatasetConfig, now: float) -> float:
         lags = []
-        for name in _source_names(dataset.replicas):
+        for name in source_names(dataset.replicas):
             st = self._replicas.get((dataset.name, name))
             if st is not None and st.healthy and st.lag is not None:
                 lags.append(st.lag)
         backups = []
-        for name in _source_names(dataset.backups):
+        for name in source_names(dataset.backups):
             b = self._backups.get((dataset.name, name))
             if b is not None and b.good and b.timestamp is not None:
                 backups.append(b.timestamp)
@@ -398,86 +337,16 @@ class Continuity:
                 sink.gauge("mail_rpo_target_seconds", ds.rpo_target, dataset=ds.name)
         self.snapshot.update("continuity/objectives", sink.samples())
 
-    # --- sources as scheduler checks -----------------------------------------------------------------------
+    # --- readings of the backup and replica checks ---------------------------------------------------------
 
-    def build_checks(self, cfg: cfgmod.Config) -> list[Check]:
-        """Backup, replica and reconcile checks for ``cfg`` (no side effects: a reload may discard them)."""
-        out: list[Check] = []
-        g = cfg.global_
-        for ds in cfg.continuity.datasets:
-            for name, b in zip(_source_names(ds.backups), ds.backups, strict=True):
-                out.append(self._backup_check(ds.name, name, b, g))
-            for name, r in zip(_source_names(ds.replicas), ds.replicas, strict=True):
-                out.append(self._replica_check(ds.name, name, r))
-        rc = cfg.continuity.reconcile
-        if rc.alertmanager_url:
-            url = rc.alertmanager_url.rstrip("/")
-
-            async def reconcile(sink: Sink, log: logging.Logger) -> bool:
-                return await self.reconcile_once(url, sink)
-
-            timeout = min(RECONCILE_TIMEOUT, rc.interval)
-            out.append(Check("reconcile", "alertmanager", rc.interval, timeout + 1.0, rc, reconcile))
-        return out
-
-    def _backup_check(self, dataset: str, name: str, b: cfgmod.BackupConfig, g: cfgmod.GlobalConfig) -> Check:
-        timeout = (b.timeout if isinstance(b, cfgmod.CommandBackup) else g.timeout) + 1.0
-
-        async def run(sink: Sink, log: logging.Logger) -> bool:
-            now = time.time()
-            sink.gauge("mail_backup_up", 0.0, dataset=dataset, backup=name)
-            try:
-                ts = await read_backup(b, now)
-            except SourceError as exc:
-                sink.fail(exc.reason, str(exc))
-                self._record_backup(dataset, name, _BackupState(None, False))
-                return False
-            age = now - ts
-            sink.gauge("mail_backup_last_success_timestamp_seconds", ts, dataset=dataset, backup=name)
-            sink.detail("newest", f"{format_time(ts)} ({age:.0f}s ago)")
-            good = age <= b.max_age
-            if not good:
-                sink.fail("stale", f"newest backup is {age:.0f}s old, more than max_age {b.max_age:g}s")
-            else:
-                sink.gauge("mail_backup_up", 1.0, dataset=dataset, backup=name)
-            self._record_backup(dataset, name, _BackupState(ts, good))
-            return good
-
-        return Check("backup", f"{dataset}/{name}", g.interval, timeout, (dataset, name, b), run)
-
-    def _replica_check(self, dataset: str, name: str, r: cfgmod.ReplicaConfig) -> Check:
-        canary = isinstance(r, cfgmod.ImapCanaryReplica)
-        timeout = r.timeout + (CANARY_GRACE if canary else 1.0)
-
-        async def run(sink: Sink, log: logging.Logger) -> bool:
-            sink.gauge("mail_replication_up", 0.0, dataset=dataset, replica=name)
-            try:
-                if isinstance(r, cfgmod.ImapCanaryReplica):
-                    lag = await measure_canary(r, log)
-                else:
-                    lag = await read_command_lag(r)
-            except SourceError as exc:
-                sink.fail(exc.reason, str(exc))
-                self._record_replica(dataset, name, _ReplicaState(None, False))
-                return False
-            sink.gauge("mail_replication_up", 1.0, dataset=dataset, replica=name)
-            sink.gauge("mail_replication_lag_seconds", lag, dataset=dataset, replica=name)
-            sink.detail("lag", f"{lag:.3f}s")
-            self._record_replica(dataset, name, _ReplicaState(lag, True))
-            return True
-
-        def on_timeout(check: Check, sink: Sink) -> None:
-            sink.fail("timeout", f"no measurement within {check.timeout:g}s")
-            self._record_replica(dataset, name, _ReplicaState(None, False))
-
-        return Check("replica", f"{dataset}/{name}", r.interval, timeout, (dataset, name, r), run, on_timeout)
-
-    def _record_backup(self, dataset: str, name: str, state: _BackupState) -> None:
-        self._backups[(dataset, name)] = state
+    def record_backup(self, dataset: str, name: str, timestamp: float | None, good: bool) -> None:
+        """A backup check's reading (``timestamp`` None when the read failed)."""
+        self._backups[(dataset, name)] = _BackupState(timestamp, good)
         self.publish_objectives()
 
-    def _record_replica(self, dataset: str, name: str, state: _ReplicaState) -> None:
-        self._replicas[(dataset, name)] = state
+    def record_replica(self, dataset: str, name: str, lag: float | None, healthy: bool) -> None:
+        """A replica check's reading (``lag`` None when the measurement failed)."""
+        self._replicas[(dataset, name)] = _ReplicaState(lag, healthy)
         self.publish_objectives()
 
     # --- reconciliation -------------------------------------------------------------------------------------
@@ -602,34 +471,15 @@ class Continuity:
                 self._spawn(self._outage_event(service, stub, fingerprint, starts_ms, starts_at, max(now, starts_at)))
                 del self._outages[key]
 
-    # --- status page ---------------------------------------------------------------------------------------------
+    # --- status ------------------------------------------------------------------------------------------------
 
-    def status_html(self) -> str:
-        summary = self.summary
-        now = time.time()
-        rows = []
-        opened = summary.open if summary is not None else ()
-        for inc in opened:
-            cells = [
-                inc.service,
-                inc.severity,
-                format_time(inc.started_at),
-                _age(now - inc.started_at),
-                str(inc.open_alerts),
-                ", ".join(inc.alertnames),
-            ]
-            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-        table = (
-            "<table><tr><th>Service</th><th>Severity</th><th>Opened</th><th>Open for</th>"
-            "<th>Firing alerts</th><th>Alert names</th></tr>" + "".join(rows) + "</table>"
-            if rows
-            else "<p>No open incidents.</p>"
-        )
-        store = html.escape(getattr(self.store, "description", "store"))
-        return (
-            f"<h2>Open incidents ({len(opened)})</h2>{table}"
-            f"<p>Incident store: {store} · reconciliation with Alertmanager: {html.escape(self.reconcile_state)}</p>"
-        )
+    def open_incidents(self) -> Sequence[OpenIncident]:
+        """The open incidents of the last refresh, for the status page."""
+        return self.summary.open if self.summary is not None else ()
+
+    @property
+    def store_description(self) -> str:
+        return str(getattr(self.store, "description", "store"))
 
 
 async def _never(sink: Sink, log: logging.Logger) -> bool:
@@ -642,46 +492,3 @@ def _outage_key(fingerprint: str) -> tuple[str, str, str] | None:
     if len(parts) != 4 or parts[0] != "check":
         return None
     return parts[1], parts[2], parts[3]
-
-
-def _age(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f}h"
-    return f"{seconds / 86400:.1f}d"
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes | None:
-    """The request body, or None when it is larger than ``limit`` (read no further than that)."""
-    length = request.content_length
-    if length is not None:
-        if length > limit:
-            return None
-        try:
-            return await request.content.readexactly(length)
-        except asyncio.IncompleteReadError as exc:
-            return exc.partial  # the client went away; the truncated JSON is rejected
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        chunk = await request.content.read(65536)
-        if not chunk:
-            break
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def status_section(exporter: Exporter) -> str:
-    """The status page's open-incidents section."""
-    cont = getattr(exporter, "continuity", None)
-    if cont is None:
-        return ""
-    assert isinstance(cont, Continuity)
-    return cont.status_html()

@@ -54,6 +54,7 @@ __all__ = [
     "dial_with_leaf_fallback",
     "hostname_matches",
     "inspect_leaf",
+    "prewarm",
     "printable",
     "read_exactly",
     "read_line",
@@ -66,7 +67,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from functools import lru_cache
@@ -154,6 +155,21 @@ def _context(verify: bool, ca_file: str | None, _mtime: int, min_version: str | 
     if min_version is not None:
         ctx.minimum_version = _TLS_VERSIONS[min_version]
     return ctx
+
+
+def prewarm(settings: Iterable[TLSSettings]) -> None:
+    """Build the client contexts of ``settings`` now, verifying and not.
+
+    Loading a trust store takes about 50 ms, which would otherwise stall the event loop
+    (and ``/metrics``) during a check's first run.  Check kinds call this when they build.
+    An unreadable ``ca_file`` is skipped here: the check itself reports it, as reason ``tls``.
+    """
+    for tls in set(settings):
+        for verify in (True, False):
+            try:
+                client_context(tls, verify=verify)
+            except (OSError, ValueError):
+                pass
 
 
 # --- certificate inspection ----------------------------------------------------------------------

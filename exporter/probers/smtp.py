@@ -85,14 +85,13 @@ MAX_REPLY_LINES = 64
 _KEEP = 512
 
 SmtpTLSMode = Literal["starttls", "optional", "implicit", "none"]
-_STARTTLS_MODES: dict[str, SmtpTLSMode] = {"required": "starttls", "optional": "optional", "none": "none"}
 
 
 @dataclass(frozen=True)
 class SmtpProbeSettings:
     """How to probe one SMTP target."""
 
-    tls: SmtpTLSMode = "starttls"  # starttls: required
+    tls: SmtpTLSMode = "starttls"  # STARTTLS required
     tls_settings: TLSSettings = field(default_factory=TLSSettings)
     helo: str = "mail-continuity-exporter.invalid"
     auth: AuthConfig | None = None
@@ -108,7 +107,7 @@ class SmtpProbeSettings:
 
     @classmethod
     def from_domain(cls, smtp: SmtpSettings) -> SmtpProbeSettings:
-        return cls(tls=_STARTTLS_MODES[smtp.starttls], tls_settings=smtp.tls, helo=smtp.helo)
+        return cls(tls=smtp.tls, tls_settings=smtp.tls_config, helo=smtp.helo)
 
 
 # --- replies (pure) ------------------------------------------------------------------------------

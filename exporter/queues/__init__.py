@@ -1,9 +1,12 @@
 """Mail queue readers: exact depth, size and age of Postfix, Exim and other queues.
 
-One entry point, :func:`read_queue`, dispatches on the source's ``type``:
+One entry point, :func:`read_queue`, looks up the reader of the source's ``type`` in
+:data:`exporter.queues.registry.READERS` (one signature for all; how to add one is
+in :mod:`exporter.queues.registry`).  What the readers share (the counts of a read,
+the cache, reason classes) is in :mod:`exporter.queues.stats`.
 
-- ``postfix``: three readers with the same results (the tests hold them to the same
-  ground truth):
+- ``postfix`` (:mod:`exporter.queues.postfix`): three readers with the same results
+  (the tests hold them to the same ground truth):
 
   - ``spool`` (:mod:`exporter.queues.spool`) walks the queue directories; needs root
     or the postfix user.  Arrival time and size are read once per queue file and
@@ -74,304 +77,35 @@ __all__ = [
     "make_cache",
     "read_queue",
     "recipient_domain",
+    "top_domains",
 ]
 
 import asyncio
-import functools
 import logging
-import math
-import os
-import re
 import time
-from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
-from exporter.config import CommandQueue, DirectoryQueue, EximQueue, PostfixQueue
-from exporter.core.errors import Failure
+from exporter.config import QueueConfig
 from exporter.core.model import Sink
-
-QueueConfig = PostfixQueue | EximQueue | DirectoryQueue | CommandQueue
-
-#: Age buckets (seconds) of ``mail_queue_message_age_seconds``: 1 minute to 5 days, then +Inf.
-AGE_BUCKETS: tuple[float, ...] = (
-    60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0, 172800.0, 345600.0, 432000.0,
-)  # fmt: skip
-_BOUNDS: tuple[float, ...] = (*AGE_BUCKETS, math.inf)
-
-#: Postfix's queues, in the order showq scans them.
-POSTFIX_QUEUES: tuple[str, ...] = ("maildrop", "incoming", "active", "deferred", "hold")
-
-#: Fixed deferral reason classes (``mail_queue_deferred_reason_messages{reason}``).
-DEFERRED_REASONS: tuple[str, ...] = (
-    "refused_or_timeout",
-    "dns",
-    "tls",
-    "greylist_or_ratelimit",
-    "rejected",
-    "other",
+from exporter.queues import exim, generic, postfix  # noqa: F401 - importing a reader module registers it
+from exporter.queues.registry import READERS, Progress, ReadContext
+from exporter.queues.stats import (
+    AGE_BUCKETS,
+    DEFERRED_REASONS,
+    FAILURE_REASONS,
+    MAX_DOMAINS,
+    POSTFIX_QUEUES,
+    QueueCache,
+    QueueReadError,
+    QueueStats,
+    classify_reason,
+    first_reason,
+    make_cache,
+    recipient_domain,
+    top_domains,
 )
-
-#: Reasons a read may fail with.
-FAILURE_REASONS: tuple[str, ...] = ("timeout", "unavailable", "permission", "parse", "command")
-
-#: Distinct destination domains counted exactly in one read; more are counted as "other".
-MAX_DOMAINS = 10_000
 
 #: Timeout of a read when the source configures none (the global default's value).
 DEFAULT_TIMEOUT = 10.0
-
-log_ = logging.getLogger(__name__)
-
-
-class QueueReadError(Failure, RuntimeError):
-    """A read failed; ``reason`` is one of :data:`FAILURE_REASONS`.  Caught by :func:`read_queue`."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        if reason not in FAILURE_REASONS:
-            raise ValueError(f"unknown queue failure reason {reason!r}")
-        super().__init__(reason, message)
-
-
-# --- deferral reasons -----------------------------------------------------------------------------
-
-# A remote server's reply inside Postfix's reason text: "host mx[1.2.3.4] said: 450 4.7.1 ..." or
-# "host mx[1.2.3.4] refused to talk to me: 421 ...".
-_REMOTE_REPLY = re.compile(r"(?:\bsaid|refused to talk to me):\s*([245])\d\d\b")
-_TLS = re.compile(r"\b(?:TLS|SSL|STARTTLS|certificate|handshake)\b", re.IGNORECASE)
-_DNS = re.compile(
-    r"Host or domain name not found|Name service error|Host not found|No MX|"
-    r"Domain not found|unable to look up|MX host .* has no address|DNS|NXDOMAIN|SERVFAIL",
-    re.IGNORECASE,
-)
-_REFUSED_OR_TIMEOUT = re.compile(
-    r"Connection refused|timed out|Connection reset|No route to host|Network is unreachable|"
-    r"Host is down|lost connection|Connection timed out|connect to .*:",
-    re.IGNORECASE,
-)
-
-
-@functools.lru_cache(maxsize=4096)
-def classify_reason(reason: str) -> str:
-    """Map Postfix's free-text deferral reason to one of :data:`DEFERRED_REASONS`.
-
-    A remote reply is classified by its code (a TLS complaint wins): 4xx is
-    ``greylist_or_ratelimit``, 5xx ``rejected``.  Local failures by what Postfix says:
-    TLS, then DNS, then connection refused/timed out/lost.  Anything else, and an
-    empty reason, is ``other``.  Memoised: a queue repeats the same few texts.
-    """
-    if not reason:
-        return "other"
-    m = _REMOTE_REPLY.search(reason)
-    if m is not None:
-        if _TLS.search(reason):
-            return "tls"
-        return "rejected" if m.group(1) == "5" else "greylist_or_ratelimit"
-    if _TLS.search(reason):
-        return "tls"
-    if _DNS.search(reason):
-        return "dns"
-    if _REFUSED_OR_TIMEOUT.search(reason):
-        return "refused_or_timeout"
-    return "other"
-
-
-def recipient_domain(address: str) -> str:
-    """The lower-case domain of an address; ``"local"`` when it has none."""
-    domain = address.rpartition("@")[2] if "@" in address else ""
-    domain = domain.strip().strip("<>").rstrip(".").lower()
-    return domain or "local"
-
-
-def first_reason(recipients: Iterable[tuple[str, str]]) -> tuple[str, str] | None:
-    """The ``(class, domain)`` of a message from its ``(address, reason)`` pairs in stream order."""
-    first: str | None = None
-    for address, reason in recipients:
-        if reason:
-            return classify_reason(reason), recipient_domain(address)
-        if first is None:
-            first = address
-    if first is None:
-        return None
-    return "other", recipient_domain(first)
-
-
-# --- accumulation ---------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Queue:
-    messages: int = 0
-    size: int = 0
-    oldest: float = math.inf
-    age_sum: float = 0.0
-    unknown_age: int = 0  # messages whose arrival time is not known (yet)
-    size_known: bool = True
-    ages_known: bool = True
-    # non-cumulative bucket counts, one per bound in _BOUNDS
-    buckets: list[int] = field(default_factory=lambda: [0] * len(_BOUNDS))
-
-
-class QueueStats:
-    """What one read found: per queue counts, bytes, oldest arrival and age histogram,
-    and (for deferred mail) reason classes and destination domains.
-
-    ``now`` is fixed at the start of the read, so every age is taken at one instant.
-    Messages of queues not declared in ``queues`` are ignored (labels stay bounded).
-    """
-
-    def __init__(self, queues: Sequence[str], now: float | None = None) -> None:
-        self.now = time.time() if now is None else now
-        self.queues: dict[str, _Queue] = {q: _Queue() for q in queues}
-        self.reasons: dict[str, int] = dict.fromkeys(DEFERRED_REASONS, 0)
-        self.domains: dict[str, int] = {}
-        self.domains_overflow = 0
-        self.frozen: int | None = None
-        self.ignored = 0
-        #: Short notes for the status page (``sink.detail``), e.g. an Exim cross-check mismatch.
-        self.notes: dict[str, str] = {}
-        #: Whether reason/destination families are emitted (readers that know them set this).
-        self.with_reasons = False
-
-    def add(self, queue: str, arrival: float, size: int) -> bool:
-        """One message.  Returns ``False`` (and counts it in ``ignored``) for an unknown queue."""
-        q = self.queues.get(queue)
-        if q is None:
-            self.ignored += 1
-            return False
-        age = max(self.now - arrival, 0.0)
-        q.messages += 1
-        q.size += size
-        q.age_sum += age
-        q.oldest = min(q.oldest, arrival)
-        q.buckets[bisect_left(AGE_BUCKETS, age)] += 1
-        return True
-
-    def add_unknown_age(self, queue: str, size: int) -> None:
-        """A message whose arrival time is unknown: counted, but the queue's age series are left out."""
-        q = self.queues.get(queue)
-        if q is None:
-            self.ignored += 1
-            return
-        q.messages += 1
-        q.size += size
-        q.unknown_age += 1
-
-    def set_count(self, queue: str, messages: int) -> None:
-        """Only a count is known (a command source): no size, no ages."""
-        q = self.queues[queue]
-        q.messages = messages
-        q.size_known = False
-        q.ages_known = False
-
-    def add_sorted(self, queue: str, arrivals: Sequence[float], size: int) -> None:
-        """Many messages at once: ``arrivals`` sorted ascending, ``size`` their total bytes."""
-        q = self.queues.get(queue)
-        n = len(arrivals)
-        if q is None:
-            self.ignored += n
-            return
-        if not n:
-            return
-        now = self.now
-        q.messages += n
-        q.size += size
-        q.oldest = min(q.oldest, arrivals[0])
-        # ages <= b  <=>  arrival >= now - b; arrivals in the future count as age 0.
-        future = n - bisect_left(arrivals, now)  # arrival >= now: age <= 0
-        past = n - future
-        q.age_sum += past * now - math.fsum(arrivals[:past])
-        prev = 0
-        for i, bound in enumerate(AGE_BUCKETS):
-            within = n - bisect_left(arrivals, now - bound)
-            q.buckets[i] += within - prev
-            prev = within
-        q.buckets[-1] += n - prev
-
-    def add_deferred(self, reason: str, domain: str, count: int = 1) -> None:
-        """Deferred message(s) of a reason class and destination domain."""
-        if reason not in self.reasons:
-            reason = "other"
-        self.reasons[reason] += count
-        domains = self.domains
-        if domain in domains:
-            domains[domain] += count
-        elif len(domains) < MAX_DOMAINS:
-            domains[domain] = count
-        else:
-            self.domains_overflow += count
-
-    def add_deferred_counts(self, reasons: Mapping[str, int], domains: Mapping[str, int]) -> None:
-        """Deferred messages already counted by reason class and, separately, by domain."""
-        for reason, n in reasons.items():
-            self.reasons[reason if reason in self.reasons else "other"] += n
-        for domain, n in domains.items():
-            if domain in self.domains or len(self.domains) < MAX_DOMAINS:
-                self.domains[domain] = self.domains.get(domain, 0) + n
-            else:
-                self.domains_overflow += n
-
-    def emit(self, sink: Sink, source: str, top_destinations: int) -> None:
-        """Write every count to ``sink`` (the caller adds up/reader/duration)."""
-        now = self.now
-        for name, q in self.queues.items():
-            sink.gauge("mail_queue_messages", q.messages, source=source, queue=name)
-            if q.size_known:
-                sink.gauge("mail_queue_size_bytes", q.size, source=source, queue=name)
-            if q.unknown_age or not q.ages_known:
-                continue  # an age series over part of the queue would look complete; leave it out
-            oldest = max(0.0, now - q.oldest) if q.messages else 0.0
-            sink.gauge("mail_queue_oldest_message_age_seconds", oldest, source=source, queue=name)
-            cumulative: list[int] = []
-            total = 0
-            for n in q.buckets:
-                total += n
-                cumulative.append(total)
-            sink.gauge_histogram(
-                "mail_queue_message_age_seconds", _BOUNDS, cumulative, q.age_sum, source=source, queue=name
-            )
-        if self.frozen is not None:
-            sink.gauge("mail_queue_frozen_messages", self.frozen, source=source)
-        if self.with_reasons:
-            for reason, n in self.reasons.items():
-                sink.gauge("mail_queue_deferred_reason_messages", n, source=source, reason=reason)
-            for domain, n in top_domains(self.domains, top_destinations, self.domains_overflow):
-                sink.gauge("mail_queue_deferred_destination_messages", n, source=source, domain=domain)
-
-
-def top_domains(counts: Mapping[str, int], n: int, overflow: int = 0) -> list[tuple[str, int]]:
-    """The ``n`` largest ``(domain, count)`` pairs (ties by name), then ``("other", rest)``."""
-    ranked = sorted(((d, c) for d, c in counts.items() if d != "other"), key=lambda dc: (-dc[1], dc[0]))
-    top = ranked[:n] if n > 0 else []
-    rest = sum(c for _, c in ranked[len(top) :]) + counts.get("other", 0) + overflow
-    return [*top, ("other", rest)]
-
-
-# --- cache ------------------------------------------------------------------------------------------
-
-
-@dataclass
-class QueueCache:
-    """State a source keeps between reads (pass the same object to every read).
-
-    Holds the spool scanner's per-directory cache, Exim's header cache and the
-    Postfix queue directory found with ``postconf``.  Made by :func:`make_cache`.
-    """
-
-    spool: Any = None
-    exim: Any = None
-    queue_directory: str | None = None
-    queue_directory_key: str | None = None
-    queue_directory_at: float = 0.0
-
-
-def make_cache() -> QueueCache:
-    """A fresh cache for one source.  Pass it to every :func:`read_queue` of that source."""
-    return QueueCache()
-
-
-# --- entry point ------------------------------------------------------------------------------------
 
 
 async def read_queue(
@@ -389,16 +123,17 @@ async def read_queue(
     source's ``timeout`` (else :data:`DEFAULT_TIMEOUT`) records a ``timeout``
     failure and returns; the caller may cut it off earlier with its own deadline.
     """
-    qcache = _cache(cache)
+    reader = READERS[cfg.type]  # every type the config decoder accepts has one: a KeyError is a bug
     limit = cfg.timeout or DEFAULT_TIMEOUT
     source = cfg.name
     started = time.monotonic()
-    progress = _Progress(_reader_name(cfg))
+    progress = Progress(cfg.type)
+    ctx = ReadContext(cfg, log, _cache(cache), started + limit, progress)
     stats: QueueStats | None = None
     failure: tuple[str, str] | None = None
     try:
         async with asyncio.timeout(limit):
-            stats = await _dispatch(cfg, log, qcache, started + limit, progress)
+            stats = await reader(ctx)
     except QueueReadError as exc:
         failure = (exc.reason, str(exc))
     except TimeoutError:
@@ -419,8 +154,7 @@ async def read_queue(
         )
         return False
     assert stats is not None
-    top = cfg.top_destinations if isinstance(cfg, PostfixQueue) else 0
-    stats.emit(sink, source, top)
+    stats.emit(sink, source)
     for key, note in stats.notes.items():
         sink.detail(f"{source}.{key}", note)
     if stats.domains_overflow:
@@ -429,13 +163,6 @@ async def read_queue(
             extra={"kv": {"source": source, "limit": MAX_DOMAINS, "overflow": stats.domains_overflow}},
         )
     return True
-
-
-@dataclass(slots=True)
-class _Progress:
-    """Which reader a read is using, known even when it fails half-way."""
-
-    reader: str
 
 
 def _cache(cache: object | None) -> QueueCache | None:
@@ -452,57 +179,3 @@ def _cache(cache: object | None) -> QueueCache | None:
 def _oserror(exc: OSError) -> str:
     what = exc.strerror or exc.__class__.__name__
     return f"{what}: {exc.filename}" if exc.filename else what
-
-
-def _reader_name(cfg: QueueConfig) -> str:
-    if isinstance(cfg, PostfixQueue):
-        return cfg.reader
-    return cfg.type
-
-
-async def _dispatch(
-    cfg: QueueConfig, log: logging.Logger, cache: QueueCache | None, deadline: float, progress: _Progress
-) -> QueueStats:
-    if isinstance(cfg, PostfixQueue):
-        return await _read_postfix(cfg, log, cache, deadline, progress)
-    if isinstance(cfg, EximQueue):
-        from exporter.queues import exim
-
-        return await exim.read_exim(cfg, log, cache, deadline)
-    from exporter.queues import generic
-
-    if isinstance(cfg, DirectoryQueue):
-        return await generic.read_directory(cfg, log, deadline)
-    return await generic.read_command(cfg, log)
-
-
-async def _read_postfix(
-    cfg: PostfixQueue, log: logging.Logger, cache: QueueCache | None, deadline: float, progress: _Progress
-) -> QueueStats:
-    """Postfix: find the queue directory, choose the reader (``auto``), read."""
-    from exporter.queues import postqueue, showq, spool
-
-    reader = cfg.reader
-    if reader == "postqueue":
-        return await postqueue.read_postqueue(cfg, log)
-    queue_dir = await showq.queue_directory(cfg.config_directory, log, cache)
-    if reader == "auto":
-        deferred = os.path.join(queue_dir, "deferred")
-        if os.access(deferred, os.R_OK | os.X_OK):
-            reader = "spool"
-        else:
-            progress.reader = "showq"
-            try:
-                conn = await showq.connect(queue_dir)
-            except OSError as exc:
-                log.debug(
-                    "showq socket not usable; falling back to postqueue",
-                    extra={"kv": {"source": cfg.name, "err": str(exc)}},
-                )
-                progress.reader = "postqueue"
-                return await postqueue.read_postqueue(cfg, log)
-            return await showq.read_showq(conn, log)
-    progress.reader = reader
-    if reader == "spool":
-        return await spool.read_spool(queue_dir, log, cache, deadline)
-    return await showq.read_showq(await showq.connect(queue_dir), log)

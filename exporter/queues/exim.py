@@ -42,7 +42,8 @@ import time
 from dataclasses import dataclass, field
 
 from exporter.config import EximQueue
-from exporter.queues import QueueCache, QueueReadError, QueueStats
+from exporter.queues.registry import ReadContext, register
+from exporter.queues.stats import QueueReadError, QueueStats
 
 #: The ``queue`` label of an Exim source's series.
 EXIM_QUEUE = "queue"
@@ -215,7 +216,10 @@ async def _exim_bpc(binary: str, log: logging.Logger) -> int | None:
     return int(text)
 
 
-async def read_exim(cfg: EximQueue, log: logging.Logger, cache: QueueCache | None, deadline: float) -> QueueStats:
+@register("exim")
+async def read_exim(ctx: ReadContext[EximQueue]) -> QueueStats:
+    """The ``exim`` reader: scan the spool in a thread, then cross-check with ``exim -bpc``."""
+    cfg, log, cache = ctx.cfg, ctx.log, ctx.cache
     exim_cache: EximCache
     if cache is not None:
         if not isinstance(cache.exim, EximCache):
@@ -223,7 +227,7 @@ async def read_exim(cfg: EximQueue, log: logging.Logger, cache: QueueCache | Non
         exim_cache = cache.exim
     else:
         exim_cache = EximCache()
-    stats = await asyncio.to_thread(scan_exim, cfg.spool_directory, exim_cache, cfg.header_time_budget, deadline)
+    stats = await asyncio.to_thread(scan_exim, cfg.spool_directory, exim_cache, cfg.header_time_budget, ctx.deadline)
     if cfg.exim_binary:
         bpc = await _exim_bpc(cfg.exim_binary, log)
         ours = stats.queues[EXIM_QUEUE].messages

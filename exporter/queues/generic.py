@@ -20,14 +20,14 @@ __all__ = ["OUTPUT_LIMIT", "parse_count", "read_command", "read_directory", "sca
 
 import asyncio
 import glob
-import logging
 import os
 import stat
 import time
 
 from exporter.config import CommandQueue, DirectoryQueue
 from exporter.core.command import run_capped
-from exporter.queues import QueueReadError, QueueStats
+from exporter.queues.registry import ReadContext, register
+from exporter.queues.stats import QueueReadError, QueueStats
 
 #: Bytes of a command's stdout considered (a number is short).
 OUTPUT_LIMIT = 4096
@@ -56,8 +56,11 @@ def scan_directory(path: str, pattern: str, queue: str, deadline: float) -> Queu
     return stats
 
 
-async def read_directory(cfg: DirectoryQueue, log: logging.Logger, deadline: float) -> QueueStats:
-    return await asyncio.to_thread(scan_directory, cfg.path, cfg.pattern, cfg.queue, deadline)
+@register("directory")
+async def read_directory(ctx: ReadContext[DirectoryQueue]) -> QueueStats:
+    """The ``directory`` reader: scan in a thread that stops by itself at the deadline."""
+    cfg = ctx.cfg
+    return await asyncio.to_thread(scan_directory, cfg.path, cfg.pattern, cfg.queue, ctx.deadline)
 
 
 def parse_count(output: bytes) -> int:
@@ -77,7 +80,10 @@ def parse_count(output: bytes) -> int:
     return int(value)
 
 
-async def read_command(cfg: CommandQueue, log: logging.Logger) -> QueueStats:
+@register("command")
+async def read_command(ctx: ReadContext[CommandQueue]) -> QueueStats:
+    """The ``command`` reader: run the argv, read one number."""
+    cfg = ctx.cfg
     argv = list(cfg.command)
     try:
         result = await run_capped(argv, OUTPUT_LIMIT)
@@ -92,5 +98,5 @@ async def read_command(cfg: CommandQueue, log: logging.Logger) -> QueueStats:
         raise QueueReadError("parse", f"expected one number, got more than {OUTPUT_LIMIT} bytes")
     stats = QueueStats((cfg.queue,))
     stats.set_count(cfg.queue, parse_count(out))
-    log.debug("queue command read", extra={"kv": {"source": cfg.name}})
+    ctx.log.debug("queue command read", extra={"kv": {"source": cfg.name}})
     return stats

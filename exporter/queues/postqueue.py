@@ -22,7 +22,7 @@ from typing import Any
 
 from exporter.config import PostfixQueue
 from exporter.core.command import read_capped
-from exporter.queues import POSTFIX_QUEUES, QueueReadError, QueueStats, first_reason
+from exporter.queues.stats import POSTFIX_QUEUES, QueueReadError, QueueStats, first_reason
 
 POSTQUEUE = "postqueue"
 STDERR_LIMIT = 4096

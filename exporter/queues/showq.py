@@ -42,14 +42,14 @@ import re
 import socket
 import time
 
-from exporter.queues import (
+from exporter.queues.showq_parse import ShowqParser
+from exporter.queues.stats import (
     POSTFIX_QUEUES,
     QueueCache,
     QueueReadError,
     QueueStats,
     first_reason,
 )
-from exporter.queues.showq_parse import ShowqParser
 
 DEFAULT_QUEUE_DIRECTORY = "/var/spool/postfix"
 #: How long a queue directory found with postconf is reused.

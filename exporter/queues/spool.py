@@ -76,7 +76,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import compress, repeat
 
-from exporter.queues import (
+from exporter.queues.stats import (
     DEFERRED_REASONS,
     POSTFIX_QUEUES,
     QueueCache,

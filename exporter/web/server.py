@@ -5,9 +5,15 @@ HTTP server with a client in the same package (needed for MTA-STS policy fetches
 Alertmanager reconciliation), so the exporter has one HTTP stack, one event loop and
 no threads.
 
-Endpoints: ``/metrics``, ``/probe``, ``/alertmanager`` (Alertmanager's webhook, see
-:mod:`exporter.continuity.service`), ``/-/healthy``, ``/-/ready``, ``/-/reload`` and
-``/``, a small HTML status page.  ``/metrics`` only joins pre-rendered text: it
+Endpoints: ``/metrics``, ``/probe`` (:mod:`exporter.web.probe`), ``/alertmanager``
+(Alertmanager's webhook, :mod:`exporter.web.webhook`), ``/-/healthy``, ``/-/ready``,
+``/-/reload`` and ``/``, a small HTML status page (:mod:`exporter.web.status`).
+
+The handlers never see the application object: :func:`make_app` takes a
+:class:`Runtime`, and each handler reads only its own narrow protocol of it
+(:class:`MetricsView`, :class:`Control`, :class:`~exporter.web.status.StatusView`,
+:class:`~exporter.web.probe.ProbeView`, the continuity service's
+:class:`~exporter.web.webhook.IncidentIntake`).  ``/metrics`` only joins pre-rendered text: it
 never waits on the network or on a check.
 
 Every request, on every route (and for unknown paths, so they cannot be probed),
@@ -26,29 +32,36 @@ and one coroutine, never the event loop, so other requests and ``/metrics`` go o
 
 from __future__ import annotations
 
-__all__ = ["HeaderDeadline", "ServingSite", "Timeouts", "body_timeout", "make_app"]
+__all__ = [
+    "Control",
+    "HeaderDeadline",
+    "IncidentService",
+    "MetricsView",
+    "Runtime",
+    "ServingSite",
+    "Timeouts",
+    "body_timeout",
+    "make_app",
+]
 
 import asyncio
 import gzip
-import html
 import ssl
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, cast
+from typing import Protocol, cast
 
 from aiohttp import web
 from yarl import URL
 
-from exporter import __version__
-from exporter.core.secrets import redact
+from exporter.core.snapshot import OPENMETRICS_CONTENT_TYPE, Snapshot, wants_openmetrics
+from exporter.web.probe import ProbeView, handle_probe
+from exporter.web.status import IncidentView, StatusView, render_status
 from exporter.web.webconfig import WebSettings
+from exporter.web.webhook import IncidentIntake, handle_webhook
 
-if TYPE_CHECKING:
-    from exporter.app import Exporter
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-EXPORTER_KEY = web.AppKey("exporter", object)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # or OPENMETRICS_CONTENT_TYPE, by the Accept header
+_VARY = "Accept, Accept-Encoding"
 WEB_KEY = web.AppKey("web", WebSettings)
 TIMEOUTS_KEY = web.AppKey("timeouts", object)
 
@@ -70,31 +83,66 @@ def body_timeout(request: web.Request) -> float:
     return timeouts.read if isinstance(timeouts, Timeouts) else Timeouts.read
 
 
-def _exporter(request: web.Request) -> Exporter:
-    return request.app[EXPORTER_KEY]  # type: ignore[return-value]
+class MetricsView(Protocol):
+    """``/metrics``: the snapshot of every check, and the few self-metrics rendered per scrape."""
+
+    @property
+    def snapshot(self) -> Snapshot: ...
+
+    def render_self(self, openmetrics: bool = False) -> bytes: ...
+
+
+class Control(Protocol):
+    """``/-/ready`` and ``/-/reload``."""
+
+    @property
+    def ready(self) -> bool: ...
+
+    async def reload(self) -> tuple[bool, str]: ...
+
+
+class IncidentService(IncidentIntake, IncidentView, Protocol):
+    """``/alertmanager`` and the status page's incidents: the continuity service."""
+
+
+class Runtime(MetricsView, Control, StatusView, ProbeView, Protocol):
+    """Everything the HTTP layer is given; each handler sees only its own narrow view."""
+
+    @property
+    def incidents(self) -> IncidentService | None: ...
+
+
+RUNTIME_KEY: web.AppKey[Runtime] = web.AppKey("runtime")
+
+
+def _exporter(request: web.Request) -> MetricsView:
+    return request.app[RUNTIME_KEY]
 
 
 async def metrics(request: web.Request) -> web.Response:
+    """The text format 0.0.4, or OpenMetrics 1.0.0 when the ``Accept`` header prefers it."""
     exp = _exporter(request)
-    head = exp.render_self()
+    openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
+    headers = {"Content-Type": OPENMETRICS_CONTENT_TYPE if openmetrics else CONTENT_TYPE, "Vary": _VARY}
+    head = exp.render_self(openmetrics)  # the OpenMetrics snapshot body ends the exposition with # EOF
     if "gzip" in request.headers.get("Accept-Encoding", ""):
         # gzip members may be concatenated: the cached snapshot member is reused as is.
-        body = gzip.compress(head, compresslevel=1, mtime=0) + exp.snapshot.render_gzip()
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Content-Encoding": "gzip"})
-    return web.Response(body=head + exp.snapshot.render(), headers={"Content-Type": CONTENT_TYPE})
+        headers["Content-Encoding"] = "gzip"
+        body = gzip.compress(head, compresslevel=1, mtime=0) + exp.snapshot.render_gzip(openmetrics)
+        return web.Response(body=body, headers=headers)
+    return web.Response(body=head + exp.snapshot.render(openmetrics), headers=headers)
 
 
 async def probe(request: web.Request) -> web.Response:
-    from exporter.web.probe import handle_probe
-
-    return await handle_probe(request, _exporter(request))
+    view: ProbeView = request.app[RUNTIME_KEY]
+    return await handle_probe(request, view)
 
 
 async def alertmanager(request: web.Request) -> web.Response:
-    exp = _exporter(request)
-    if exp.continuity is None:
+    intake: IncidentIntake | None = request.app[RUNTIME_KEY].incidents
+    if intake is None:
         return web.Response(status=503, text="Not ready: the incident store is not open yet.\n")
-    return await exp.continuity.handle_webhook(request)
+    return await handle_webhook(request, intake, body_timeout(request))
 
 
 async def healthy(request: web.Request) -> web.Response:
@@ -102,14 +150,16 @@ async def healthy(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    if _exporter(request).ready:
+    control: Control = request.app[RUNTIME_KEY]
+    if control.ready:
         return web.Response(text="Ready.\n")
     return web.Response(status=503, text="Not ready: configuration not loaded or checks not scheduled yet.\n")
 
 
 async def reload(request: web.Request) -> web.Response:
     """Reload the configuration and the web config; each is swapped in only if valid."""
-    ok, error = await _exporter(request).reload()
+    control: Control = request.app[RUNTIME_KEY]
+    ok, error = await control.reload()
     web_ok, web_error = request.app[WEB_KEY].reload()
     if ok and web_ok:
         return web.Response(text="Configuration reloaded.\n")
@@ -125,63 +175,11 @@ async def reload_wrong_method(request: web.Request) -> web.Response:
     return web.Response(status=405, text="Use POST to reload.\n", headers={"Allow": "POST"})
 
 
-def _fmt_age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
-
-
 async def status_page(request: web.Request) -> web.Response:
-    exp = _exporter(request)
-    now = time.time()
-    rows = []
-    checks = exp.scheduler.checks if exp.scheduler is not None else []
-    for c in sorted(checks, key=lambda c: (c.kind, c.name)):
-        rec = c.last
-        if rec is None:
-            cells = ["never", "", "pending", "", ""]
-        else:
-            detail = "; ".join(f"{k}: {v}" for k, v in rec.details)
-            cells = [
-                _fmt_age(now - rec.started),
-                f"{rec.duration * 1000:.0f} ms",
-                rec.result,
-                f"{rec.reason}: {rec.error}" if rec.error else "",
-                detail,
-            ]
-        css = {"success": "ok", "failure": "bad", "error": "bad"}.get(cells[2], "")
-        cols = "".join(f"<td>{html.escape(redact(x))}</td>" for x in [c.kind, c.name, *cells])
-        rows.append(f'<tr class="{css}">{cols}</tr>')
-    reload_line = "ok" if exp.reload_ok else f"FAILED: {html.escape(redact(exp.last_reload_error))}"
-    extra = "".join(f"<section>{section(exp)}</section>" for section in STATUS_SECTIONS)
-    page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>mail-continuity-exporter</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.3em .6em;text-align:left;vertical-align:top}}
-tr.ok td:nth-child(5){{color:#070}}tr.bad td:nth-child(5){{color:#b00;font-weight:bold}}</style></head>
-<body><h1>mail-continuity-exporter {html.escape(__version__)}</h1>
-<p><a href="metrics">Metrics</a> · <a href="-/healthy">Health</a> · <a href="-/ready">Readiness</a></p>
-<p>Configuration: {html.escape(exp.options.config_file or "embedded default")} · last reload: {reload_line}</p>
-<h2>Checks ({len(checks)})</h2>
-<table><tr><th>Check</th><th>Name</th><th>Last run</th><th>Duration</th><th>Result</th>
-<th>Last error</th><th>Details</th></tr>
-{"".join(rows)}
-</table>{extra}</body></html>
-"""
-    return web.Response(text=page, content_type="text/html")
-
-
-#: Extra sections of the status page (for example open incidents), each a function
-#: returning safe HTML.  Modules append to this list.
-def _open_incidents(exp: Exporter) -> str:
-    from exporter.continuity.service import status_section
-
-    return status_section(exp)
-
-
-STATUS_SECTIONS: list[Callable[[Exporter], str]] = [_open_incidents]
+    runtime = request.app[RUNTIME_KEY]
+    view: StatusView = runtime
+    incidents: IncidentView | None = runtime.incidents
+    return web.Response(text=render_status(view, incidents), content_type="text/html")
 
 
 # --- every request: rate limit, basic auth, client certificate SANs, headers -------------------------------
@@ -343,11 +341,11 @@ class ServingSite(web.BaseSite):
 
 
 def make_app(
-    exporter: Exporter, settings: WebSettings | None = None, timeouts: Timeouts | None = None
+    runtime: Runtime, settings: WebSettings | None = None, timeouts: Timeouts | None = None
 ) -> web.Application:
     """The aiohttp application; ``settings`` is the web config (default: none, plain HTTP without auth)."""
     app = web.Application(client_max_size=2 << 20, middlewares=[_guard])
-    app[EXPORTER_KEY] = exporter
+    app[RUNTIME_KEY] = runtime
     app[WEB_KEY] = settings if settings is not None else WebSettings()
     app[TIMEOUTS_KEY] = timeouts if timeouts is not None else Timeouts()
     app.on_response_prepare.append(_add_headers)

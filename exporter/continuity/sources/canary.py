@@ -1,48 +1,18 @@
-"""RPO sources: when the newest good backup was made, and how far behind a replica is.
+"""The IMAP replication canary, and the small IMAP client it needs.
 
-Backups (each read returns the Unix time of the newest backup, or raises :class:`SourceError`):
-
-- ``file_mtime``: the newest modification time among the files matching a glob
-  (``/backups/mail/*.tar.zst``); no match is a failure (reason ``missing``).
-- ``timestamp_file``: a file that the backup job writes on success, holding a Unix time
-  (``1767225600`` or ``1767225600.5``) or an RFC 3339 time.
-- ``command``: a program (argv list, never a shell) printing a Unix time, killed at its
-  timeout.
-
-Each time must be sane: not more than :data:`FUTURE_SLACK` seconds in the future (reason
-``invalid``).  Whether it is recent enough (``max_age``) is judged by the caller, which
-still exports the time of a stale backup.
-
-Replicas (each measurement returns the lag in seconds):
-
-- ``imap_canary``: APPEND a small message with a unique token to the primary mailbox,
-  then look for the token on the replica every ``poll_interval`` until it appears or the
-  timeout passes.  Lag = time seen on the replica - time the primary acknowledged the
-  APPEND.  The canary is deleted from the primary afterwards (``UID STORE \\Deleted`` and
-  ``UID EXPUNGE`` of that message only, when the server has UIDPLUS); replication
-  removes the replica's copy.
-- ``command``: a program printing the lag in seconds.
+APPEND a small message with a unique token to the primary mailbox, then look for the
+token on the replica every ``poll_interval`` until it appears or the timeout passes.
+Lag = time seen on the replica - time the primary acknowledged the APPEND.  The canary
+is deleted from the primary afterwards (``UID STORE \\Deleted`` and ``UID EXPUNGE`` of
+that message only, when the server has UIDPLUS); replication removes the replica's copy.
 """
 
 from __future__ import annotations
 
-__all__ = [
-    "CANARY_HEADER",
-    "FUTURE_SLACK",
-    "ImapSession",
-    "SourceError",
-    "measure_canary",
-    "newest_mtime",
-    "parse_lag",
-    "parse_timestamp",
-    "read_backup",
-    "read_command_lag",
-    "run_command",
-]
+__all__ = ["CANARY_GRACE", "CANARY_HEADER", "ImapSession", "canary_message", "measure_canary", "tls_context"]
 
 import asyncio
 import contextlib
-import glob
 import logging
 import os
 import re
@@ -52,142 +22,16 @@ import time
 from email.utils import formatdate
 from functools import lru_cache
 
-from exporter.config import (
-    BackupConfig,
-    CommandBackup,
-    CommandReplica,
-    FileMtimeBackup,
-    ImapCanaryReplica,
-    ImapEndpoint,
-    TLSSettings,
-    split_address,
-)
-from exporter.core.command import run_capped
-from exporter.core.errors import Failure
-from exporter.core.timefmt import parse_time, seconds
+from exporter.config import ImapCanaryReplica, ImapEndpoint, TLSSettings, split_address
+from exporter.continuity.sources.common import SourceError
 from exporter.net.imapwire import ImapResponse, parse_response_line, read_response
 from exporter.net.tls import LINE_LIMIT, ProbeFailure, read_line
 
-#: How far in the future a backup time may be before it is rejected (clock skew allowance).
-FUTURE_SLACK = 300.0
-#: Bytes of a command's output considered.
-OUTPUT_LIMIT = 4096
 #: The header that carries the canary token.
 CANARY_HEADER = "X-Mail-Continuity-Canary"
-
-_NUMBER_RE = re.compile(r"^[0-9]+(\.[0-9]+)?$")
-
-
-class SourceError(Failure, RuntimeError):
-    """A backup or replica source could not be read.  ``reason`` is short and bounded."""
-
-
-# --- parsing --------------------------------------------------------------------------------------
-
-
-def parse_timestamp(text: str, what: str) -> float:
-    """A Unix time (seconds, optionally fractional) or an RFC 3339 time.  Raises SourceError."""
-    word = text.strip()
-    if _NUMBER_RE.match(word):
-        return float(word)
-    try:
-        ns = parse_time(word)
-    except ValueError:
-        ns = None
-    if ns is None:
-        shown = word[:60] or "nothing"
-        raise SourceError("parse", f"{what}: expected a Unix time or an RFC 3339 time, got {shown!r}")
-    return seconds(ns)
-
-
-def parse_lag(text: str, what: str) -> float:
-    word = text.strip()
-    try:
-        value = float(word)
-    except ValueError:
-        value = -1.0
-    if not _NUMBER_RE.match(word) or value < 0:
-        raise SourceError("parse", f"{what}: expected a lag in seconds (a number >= 0), got {word[:60]!r}")
-    return value
-
-
-def check_sane(ts: float, now: float, what: str) -> float:
-    if ts > now + FUTURE_SLACK:
-        raise SourceError("invalid", f"{what}: time {ts:.0f} is {ts - now:.0f}s in the future")
-    return ts
-
-
-# --- backups ------------------------------------------------------------------------------------------
-
-
-def newest_mtime(pattern: str) -> float:
-    """The newest mtime among regular files matching ``pattern`` (blocking; run in a thread)."""
-    newest: float | None = None
-    for path in glob.iglob(pattern, recursive=True):
-        try:
-            st = os.stat(path)
-        except OSError:
-            continue  # removed while scanning, or unreadable
-        if os.path.isfile(path) and (newest is None or st.st_mtime > newest):
-            newest = st.st_mtime
-    if newest is None:
-        raise SourceError("missing", f"no file matches {pattern}")
-    return newest
-
-
-def _read_small(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(OUTPUT_LIMIT + 1)
-    except FileNotFoundError:
-        raise SourceError("missing", f"{path}: no such file") from None
-    except OSError as exc:
-        raise SourceError("unreadable", f"{path}: {exc.strerror or exc}") from None
-    if len(data) > OUTPUT_LIMIT:
-        raise SourceError("parse", f"{path}: expected a time, got more than {OUTPUT_LIMIT} bytes")
-    return data.decode("utf-8", "replace")
-
-
-async def run_command(argv: tuple[str, ...], timeout: float) -> str:
-    """Run a program (no shell), return its stdout; kill it at ``timeout``.  Raises SourceError."""
-    if not argv:
-        raise SourceError("command", "empty command")
-    try:
-        async with asyncio.timeout(timeout):
-            result = await run_capped(argv, OUTPUT_LIMIT)
-    except FileNotFoundError:
-        raise SourceError("command", f"command not found: {argv[0]}") from None
-    except PermissionError as exc:
-        raise SourceError("command", f"cannot run {argv[0]}: {exc.strerror}") from None
-    except TimeoutError:
-        raise SourceError("timeout", f"{argv[0]} did not finish within {timeout:g}s") from None
-    if result.returncode != 0:
-        raise SourceError("command", f"{argv[0]} exited with status {result.returncode}: {result.why()}")
-    out = result.stdout
-    if len(out) > OUTPUT_LIMIT:
-        raise SourceError("parse", f"{argv[0]}: expected one number, got more than {OUTPUT_LIMIT} bytes")
-    return out.decode("utf-8", "replace")
-
-
-async def read_backup(cfg: BackupConfig, now: float | None = None) -> float:
-    """The Unix time of the newest backup that ``cfg`` describes.  Raises SourceError."""
-    if isinstance(cfg, FileMtimeBackup):
-        ts = await asyncio.to_thread(newest_mtime, cfg.path)
-        what = cfg.path
-    elif isinstance(cfg, CommandBackup):
-        ts = parse_timestamp(await run_command(cfg.command, cfg.timeout), cfg.command[0])
-        what = cfg.command[0]
-    else:
-        ts = parse_timestamp(await asyncio.to_thread(_read_small, cfg.path), cfg.path)
-        what = cfg.path
-    return check_sane(ts, time.time() if now is None else now, what)
-
-
-async def read_command_lag(cfg: CommandReplica) -> float:
-    return parse_lag(await run_command(cfg.command, cfg.timeout), cfg.command[0])
-
-
-# --- a small IMAP client for the canary ------------------------------------------------------------------
+#: Seconds a canary check may run beyond its ``timeout``: two logins, the APPEND and the
+#: cleanup (at most 5 s) come on top of the wait for the replica.
+CANARY_GRACE = 15.0
 
 
 def _quoted(value: str) -> str:

@@ -80,7 +80,7 @@ async def test_unknown_type_is_a_config_failure() -> None:
 
 
 def test_a_type_registers_once() -> None:
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="registered twice"):
 
         @register_backup("command")
         class Again(BackupSource[CommandBackup]):
@@ -90,7 +90,7 @@ def test_a_type_registers_once() -> None:
             async def read(self, cfg: CommandBackup, now: float) -> float:
                 return now
 
-    with pytest.raises(ValueError, match="already registered"):
+    with pytest.raises(ValueError, match="registered twice"):
 
         @register_replica("command")
         class AgainReplica(ReplicaSource[CommandReplica]):

@@ -24,6 +24,8 @@ looks them up by name.
 from __future__ import annotations
 
 __all__ = [
+    "KINDS",
+    "MODULE_KINDS",
     "BuildContext",
     "CheckBuilder",
     "ContinuityHooks",
@@ -31,7 +33,6 @@ __all__ = [
     "ProbeModule",
     "builders",
     "check_kind",
-    "module_builders",
     "probe_module_kind",
     "probe_modules",
 ]
@@ -43,6 +44,7 @@ from typing import Protocol
 
 from exporter.config import Config
 from exporter.core.model import Sink
+from exporter.core.registry import Registry
 from exporter.core.scheduler import Check
 
 
@@ -95,47 +97,31 @@ class ProbeModule:
 CheckBuilder = Callable[[Config, BuildContext], Iterable[Check]]
 ModuleBuilder = Callable[[Config], Iterable[ProbeModule]]
 
-_KINDS: dict[str, tuple[int, CheckBuilder]] = {}
-_MODULES: dict[str, tuple[int, ModuleBuilder]] = {}
+#: Check kinds by name; :func:`exporter.checks.build` runs them in ``order``.
+KINDS: Registry[CheckBuilder] = Registry("check kind")
+#: Sources of ``/probe`` modules by name; the first module of a name wins.
+MODULE_KINDS: Registry[ModuleBuilder] = Registry("probe module kind")
 
 
 def check_kind(name: str, *, order: int) -> Callable[[CheckBuilder], CheckBuilder]:
     """Register ``builder`` as the check kind ``name``; builders run in ``order``."""
-
-    def register(builder: CheckBuilder) -> CheckBuilder:
-        if name in _KINDS:
-            raise RuntimeError(f"check kind {name!r} registered twice")
-        _KINDS[name] = (order, builder)
-        return builder
-
-    return register
+    return KINDS.register(name, order=order)
 
 
 def probe_module_kind(name: str, *, order: int) -> Callable[[ModuleBuilder], ModuleBuilder]:
-    """Register ``builder`` as a source of ``/probe`` modules; the first module of a name wins."""
-
-    def register(builder: ModuleBuilder) -> ModuleBuilder:
-        if name in _MODULES:
-            raise RuntimeError(f"probe module kind {name!r} registered twice")
-        _MODULES[name] = (order, builder)
-        return builder
-
-    return register
+    """Register ``builder`` as a source of ``/probe`` modules."""
+    return MODULE_KINDS.register(name, order=order)
 
 
 def builders() -> list[tuple[str, CheckBuilder]]:
     """The registered check kinds, in build order."""
-    return [(name, b) for name, (_, b) in sorted(_KINDS.items(), key=lambda kv: (kv[1][0], kv[0]))]
-
-
-def module_builders() -> list[tuple[str, ModuleBuilder]]:
-    return [(name, b) for name, (_, b) in sorted(_MODULES.items(), key=lambda kv: (kv[1][0], kv[0]))]
+    return KINDS.items()
 
 
 def probe_modules(cfg: Config) -> dict[str, ProbeModule]:
     """Every ``/probe`` module the config offers, by name (the first of a name wins)."""
     out: dict[str, ProbeModule] = {}
-    for _, build in module_builders():
+    for build in MODULE_KINDS.values():
         for module in build(cfg):
             out.setdefault(module.name, module)
     return out

@@ -10,11 +10,13 @@ behind.  The callers turn the result into their own error types and reason label
 
 from __future__ import annotations
 
-__all__ = ["CommandResult", "read_capped", "run_capped"]
+__all__ = ["CommandFailed", "CommandResult", "read_capped", "run_capped", "run_for_value"]
 
 import asyncio
 import contextlib
 from dataclasses import dataclass
+
+from exporter.core.errors import Failure
 
 
 async def read_capped(stream: asyncio.StreamReader, keep: bytearray, limit: int) -> None:
@@ -60,3 +62,33 @@ async def run_capped(argv: list[str] | tuple[str, ...], limit: int) -> CommandRe
             with contextlib.suppress(Exception):
                 await proc.wait()
     return CommandResult(returncode, bytes(out), bytes(err))
+
+
+class CommandFailed(Failure):
+    """A program that should print one value did not: ``reason`` is one of ``not_found``,
+    ``permission``, ``exit`` (non-zero status), ``too_long`` (more output than the limit)
+    or ``timeout``.  Callers map these onto their own reason sets."""
+
+
+async def run_for_value(argv: list[str] | tuple[str, ...], limit: int, *, timeout: float | None = None) -> bytes:
+    """Run a program that prints one short value; its stdout (at most ``limit`` bytes).
+
+    Raises :class:`CommandFailed` with a message that names the program, never its arguments.
+    """
+    if not argv:
+        raise CommandFailed("not_found", "empty command")
+    name = argv[0]
+    try:
+        async with asyncio.timeout(timeout):
+            result = await run_capped(argv, limit)
+    except FileNotFoundError:
+        raise CommandFailed("not_found", f"command not found: {name}") from None
+    except PermissionError as exc:
+        raise CommandFailed("permission", f"cannot run {name}: {exc.strerror}") from None
+    except TimeoutError:
+        raise CommandFailed("timeout", f"{name} did not finish within {timeout:g}s") from None
+    if result.returncode != 0:
+        raise CommandFailed("exit", f"{name} exited with status {result.returncode}: {result.why()}")
+    if len(result.stdout) > limit:
+        raise CommandFailed("too_long", f"{name}: expected one value, got more than {limit} bytes")
+    return result.stdout

@@ -44,9 +44,17 @@ class Registry(Generic[T]):
     def __getitem__(self, name: str) -> T:
         return self._entries[name][1]
 
-    def get(self, name: str) -> T | None:
+    def __setitem__(self, name: str, entry: T) -> None:
+        """Replace (or add) an entry, keeping its order: for tests (``monkeypatch.setitem``)."""
+        order = self._entries[name][0] if name in self._entries else 0
+        self._entries[name] = (order, entry)
+
+    def __delitem__(self, name: str) -> None:
+        del self._entries[name]
+
+    def get(self, name: str, default: T | None = None) -> T | None:
         found = self._entries.get(name)
-        return None if found is None else found[1]
+        return default if found is None else found[1]
 
     def __contains__(self, name: Any) -> bool:
         return name in self._entries

@@ -51,6 +51,7 @@ __all__ = [
     "ProbeRun",
     "TLSReport",
     "client_context",
+    "dial_session",
     "dial_with_leaf_fallback",
     "hostname_matches",
     "inspect_leaf",
@@ -129,24 +130,30 @@ class CertRejected(Failure):
 # --- contexts ----------------------------------------------------------------------------------
 
 
-def client_context(settings: TLSSettings, *, verify: bool) -> ssl.SSLContext:
+def client_context(settings: TLSSettings, *, verify: bool, check_hostname: bool = False) -> ssl.SSLContext:
     """A client context for ``settings``; ``verify=False`` gives one that accepts any chain.
 
-    Contexts are cached (loading a trust store costs milliseconds); the CA file's
-    modification time is part of the key so that a rotated CA bundle is picked up.
-    Raises ``OSError``/``ssl.SSLError`` when ``ca_file`` cannot be loaded.
+    Probers check the host name themselves (:func:`hostname_matches`, so that a wrong name
+    is reported, not refused); ``check_hostname=True`` (with ``verify``) makes the handshake
+    refuse it, for clients that send credentials (the IMAP canary).  Contexts are cached
+    (loading a trust store costs milliseconds); the CA file's modification time is part of
+    the key so that a rotated CA bundle is picked up.  Raises ``OSError``/``ssl.SSLError``
+    when ``ca_file`` cannot be loaded.
     """
     mtime = 0
     if verify and settings.ca_file:
         mtime = os.stat(settings.ca_file).st_mtime_ns
-    return _context(verify, settings.ca_file if verify else None, mtime, settings.min_version)
+    ca_file = settings.ca_file if verify else None
+    return _context(verify, ca_file, mtime, settings.min_version, verify and check_hostname)
 
 
 @lru_cache(maxsize=64)
-def _context(verify: bool, ca_file: str | None, _mtime: int, min_version: str | None) -> ssl.SSLContext:
+def _context(
+    verify: bool, ca_file: str | None, _mtime: int, min_version: str | None, check_hostname: bool
+) -> ssl.SSLContext:
     if verify:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
-        ctx.check_hostname = False  # we check the name ourselves: see hostname_matches
+        ctx.check_hostname = check_hostname  # else we check the name ourselves: see hostname_matches
         ctx.verify_mode = ssl.CERT_REQUIRED
     else:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -560,6 +567,21 @@ async def _open_connection(host: str, port: int) -> tuple[asyncio.StreamReader, 
         except OSError:
             continue  # as open_connection does with a name: try the next address
     return await asyncio.open_connection(addresses[-1], port, limit=LINE_LIMIT)
+
+
+async def dial_session(
+    run: ProbeRun,
+    dial: Callable[[ssl.SSLContext | None], Awaitable[_C]],
+    conn_of: Callable[[_C], Conn],
+    mode: str,
+    tls: TLSSettings,
+    hostname: str,
+) -> _C:
+    """Open a probe's session: plain when ``mode`` is ``none``, else with the TLS reporting
+    and certificate fallback of :func:`dial_with_leaf_fallback`.  Shared by the probers."""
+    if mode == "none":
+        return await dial(None)
+    return await dial_with_leaf_fallback(run, dial, conn_of, tls, hostname)
 
 
 async def dial_with_leaf_fallback(

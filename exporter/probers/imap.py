@@ -73,7 +73,7 @@ from exporter.net.tls import (
     Conn,
     ProbeFailure,
     ProbeRun,
-    dial_with_leaf_fallback,
+    dial_session,
     printable,
     read_line,
 )
@@ -186,12 +186,9 @@ class _ImapProbe:
 
     async def _dialog(self) -> None:
         settings = self.settings
-        if settings.tls == "none":
-            session = await self._dial(None)
-        else:
-            session = await dial_with_leaf_fallback(
-                self.run, self._dial, lambda s: s.conn, settings.tls_settings, self.hostname
-            )
+        session = await dial_session(
+            self.run, self._dial, lambda s: s.conn, settings.tls, settings.tls_settings, self.hostname
+        )
         conn = session.conn
         if settings.auth is not None and not session.preauth:
             if conn.tls_version is None and "LOGINDISABLED" in session.capabilities:

@@ -74,7 +74,7 @@ from exporter.net.tls import (
     Conn,
     ProbeFailure,
     ProbeRun,
-    dial_with_leaf_fallback,
+    dial_session,
     printable,
     read_line,
 )
@@ -285,12 +285,9 @@ class _SmtpProbe:
 
     async def _dialog(self) -> None:
         settings = self.settings
-        if settings.tls == "none":
-            session = await self._dial(None)
-        else:
-            session = await dial_with_leaf_fallback(
-                self.run, self._dial, lambda s: s.conn, settings.tls_settings, self.hostname
-            )
+        session = await dial_session(
+            self.run, self._dial, lambda s: s.conn, settings.tls, settings.tls_settings, self.hostname
+        )
         conn = session.conn
         if conn.tls_version is not None and settings.tls != "implicit":
             session.ehlo = await self._ehlo(conn, "ehlo_tls")

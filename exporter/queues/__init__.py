@@ -63,46 +63,19 @@ command failed).  A reader never raises for a misbehaving queue.
 
 from __future__ import annotations
 
-__all__ = [
-    "AGE_BUCKETS",
-    "DEFERRED_REASONS",
-    "FAILURE_REASONS",
-    "MAX_DOMAINS",
-    "POSTFIX_QUEUES",
-    "QueueCache",
-    "QueueReadError",
-    "QueueStats",
-    "classify_reason",
-    "first_reason",
-    "make_cache",
-    "read_queue",
-    "recipient_domain",
-    "top_domains",
-]
-
 import asyncio
 import logging
 import time
 
 from exporter.config import QueueConfig
 from exporter.core.model import Sink
-from exporter.queues import exim, generic, postfix  # noqa: F401 - importing a reader module registers it
+from exporter.queues import exim, generic, postfix, stats  # noqa: F401 - importing a reader module registers it
 from exporter.queues.registry import READERS, Progress, ReadContext
-from exporter.queues.stats import (
-    AGE_BUCKETS,
-    DEFERRED_REASONS,
-    FAILURE_REASONS,
-    MAX_DOMAINS,
-    POSTFIX_QUEUES,
-    QueueCache,
-    QueueReadError,
-    QueueStats,
-    classify_reason,
-    first_reason,
-    make_cache,
-    recipient_domain,
-    top_domains,
-)
+from exporter.queues.stats import *  # noqa: F403  (the shared types, re-exported)
+from exporter.queues.stats import MAX_DOMAINS, QueueCache, QueueReadError, QueueStats
+
+__all__ = ["read_queue"]
+__all__ += stats.__all__
 
 #: Timeout of a read when the source configures none (the global default's value).
 DEFAULT_TIMEOUT = 10.0

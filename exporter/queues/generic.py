@@ -25,7 +25,7 @@ import stat
 import time
 
 from exporter.config import CommandQueue, DirectoryQueue
-from exporter.core.command import run_capped
+from exporter.core.command import CommandFailed, run_for_value
 from exporter.queues.registry import ReadContext, register
 from exporter.queues.stats import QueueReadError, QueueStats
 
@@ -80,22 +80,19 @@ def parse_count(output: bytes) -> int:
     return int(value)
 
 
+#: How the reasons of a failed command map onto the queue readers' reasons (the source's own
+#: timeout cuts a slow command off, as reason ``timeout``).
+_COMMAND_REASONS = {"not_found": "command", "permission": "permission", "exit": "command", "too_long": "parse"}
+
+
 @register("command")
 async def read_command(ctx: ReadContext[CommandQueue]) -> QueueStats:
     """The ``command`` reader: run the argv, read one number."""
     cfg = ctx.cfg
-    argv = list(cfg.command)
     try:
-        result = await run_capped(argv, OUTPUT_LIMIT)
-    except FileNotFoundError as exc:
-        raise QueueReadError("command", f"command not found: {argv[0]}") from exc
-    except PermissionError as exc:
-        raise QueueReadError("permission", f"cannot run {argv[0]}: {exc.strerror}") from exc
-    if result.returncode != 0:
-        raise QueueReadError("command", f"{argv[0]} exited with status {result.returncode}: {result.why()}")
-    out = result.stdout
-    if len(out) > OUTPUT_LIMIT:
-        raise QueueReadError("parse", f"expected one number, got more than {OUTPUT_LIMIT} bytes")
+        out = await run_for_value(cfg.command, OUTPUT_LIMIT)
+    except CommandFailed as exc:
+        raise QueueReadError(_COMMAND_REASONS[exc.reason], exc.message) from exc
     stats = QueueStats((cfg.queue,))
     stats.set_count(cfg.queue, parse_count(out))
     ctx.log.debug("queue command read", extra={"kv": {"source": cfg.name}})

@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from exporter.core.registry import Registry
 from exporter.queues.stats import QueueCache, QueueStats
 
 C = TypeVar("C")
@@ -73,16 +74,9 @@ Reader = Callable[[ReadContext[C]], Awaitable[QueueStats]]
 QueueReader = Reader[Any]
 
 #: Reader of each queue ``type``; filled by :func:`register` when the reader modules are imported.
-READERS: dict[str, QueueReader] = {}
+READERS: Registry[QueueReader] = Registry("queue reader")
 
 
 def register(type_: str) -> Callable[[Reader[C]], Reader[C]]:
     """Decorator: make the function the reader of sources whose ``type`` is ``type_``."""
-
-    def add(reader: Reader[C]) -> Reader[C]:
-        if type_ in READERS:
-            raise ValueError(f"queue type {type_!r} already has a reader")
-        READERS[type_] = reader
-        return reader
-
-    return add
+    return READERS.register(type_)

@@ -14,18 +14,16 @@ __all__ = ["CANARY_GRACE", "CANARY_HEADER", "ImapSession", "canary_message", "me
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import secrets
 import ssl
 import time
 from email.utils import formatdate
-from functools import lru_cache
 
 from exporter.config import ImapCanaryReplica, ImapEndpoint, TLSSettings, split_address
 from exporter.continuity.sources.common import SourceError
 from exporter.net.imapwire import ImapResponse, parse_response_line, read_response
-from exporter.net.tls import LINE_LIMIT, ProbeFailure, read_line
+from exporter.net.tls import LINE_LIMIT, ProbeFailure, client_context, read_line
 
 #: The header that carries the canary token.
 CANARY_HEADER = "X-Mail-Continuity-Canary"
@@ -44,31 +42,9 @@ _APPENDUID_RE = re.compile(r"\[APPENDUID \d+ (\d+)\]", re.IGNORECASE)
 _SEARCH_RE = re.compile(r"^SEARCH(?: (.*))?$", re.IGNORECASE)
 
 
-_TLS_VERSIONS = {
-    "TLS1.0": ssl.TLSVersion.TLSv1,
-    "TLS1.1": ssl.TLSVersion.TLSv1_1,
-    "TLS1.2": ssl.TLSVersion.TLSv1_2,
-    "TLS1.3": ssl.TLSVersion.TLSv1_3,
-}
-
-
 def tls_context(settings: TLSSettings) -> ssl.SSLContext:
     """A client context that checks the chain *and* the host name (credentials go over it)."""
-    mtime = os.stat(settings.ca_file).st_mtime_ns if settings.verify and settings.ca_file else 0
-    return _tls_context(settings.verify, settings.ca_file, mtime, settings.min_version)
-
-
-@lru_cache(maxsize=16)
-def _tls_context(verify: bool, ca_file: str | None, _mtime: int, min_version: str | None) -> ssl.SSLContext:
-    if verify:
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
-    else:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if min_version is not None:
-        ctx.minimum_version = _TLS_VERSIONS[min_version]
-    return ctx
+    return client_context(settings, verify=settings.verify, check_hostname=True)
 
 
 class ImapSession:

@@ -12,10 +12,9 @@ __all__ = [
     "run_command",
 ]
 
-import asyncio
 import re
 
-from exporter.core.command import run_capped
+from exporter.core.command import CommandFailed, run_for_value
 from exporter.core.errors import Failure
 from exporter.core.timefmt import parse_time, seconds
 
@@ -66,22 +65,14 @@ def check_sane(ts: float, now: float, what: str) -> float:
     return ts
 
 
+#: How the reasons of a failed command map onto the sources' reasons.
+_COMMAND_REASONS = {"not_found": "command", "permission": "command", "exit": "command", "too_long": "parse"}
+
+
 async def run_command(argv: tuple[str, ...], timeout: float) -> str:
     """Run a program (no shell), return its stdout; kill it at ``timeout``.  Raises SourceError."""
-    if not argv:
-        raise SourceError("command", "empty command")
     try:
-        async with asyncio.timeout(timeout):
-            result = await run_capped(argv, OUTPUT_LIMIT)
-    except FileNotFoundError:
-        raise SourceError("command", f"command not found: {argv[0]}") from None
-    except PermissionError as exc:
-        raise SourceError("command", f"cannot run {argv[0]}: {exc.strerror}") from None
-    except TimeoutError:
-        raise SourceError("timeout", f"{argv[0]} did not finish within {timeout:g}s") from None
-    if result.returncode != 0:
-        raise SourceError("command", f"{argv[0]} exited with status {result.returncode}: {result.why()}")
-    out = result.stdout
-    if len(out) > OUTPUT_LIMIT:
-        raise SourceError("parse", f"{argv[0]}: expected one number, got more than {OUTPUT_LIMIT} bytes")
+        out = await run_for_value(argv, OUTPUT_LIMIT, timeout=timeout)
+    except CommandFailed as exc:
+        raise SourceError(_COMMAND_REASONS.get(exc.reason, exc.reason), exc.message) from None
     return out.decode("utf-8", "replace")

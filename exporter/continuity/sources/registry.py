@@ -76,6 +76,7 @@ from typing import Any, Generic, TypeVar
 
 from exporter.config import BackupConfig, ReplicaConfig
 from exporter.continuity.sources.common import SourceError, check_sane
+from exporter.core.registry import Registry
 
 C = TypeVar("C")
 
@@ -108,36 +109,31 @@ class ReplicaSource(ABC, Generic[C]):
 
 
 #: Backup sources by config ``type``.  Fill with :func:`register_backup`.
-BACKUP_SOURCES: dict[str, BackupSource[Any]] = {}
+BACKUP_SOURCES: Registry[BackupSource[Any]] = Registry("backup source")
 #: Replica sources by config ``type``.  Fill with :func:`register_replica`.
-REPLICA_SOURCES: dict[str, ReplicaSource[Any]] = {}
+REPLICA_SOURCES: Registry[ReplicaSource[Any]] = Registry("replica source")
 
-B = TypeVar("B", bound=BackupSource[Any])
-R = TypeVar("R", bound=ReplicaSource[Any])
+S = TypeVar("S")
 
 
-def register_backup(type_: str) -> Callable[[type[B]], type[B]]:
+def _instance_of(registry: Registry[Any], type_: str) -> Callable[[type[S]], type[S]]:
+    """Class decorator: register one instance of the class in ``registry`` as ``type_``."""
+
+    def register(cls: type[S]) -> type[S]:
+        registry.register(type_)(cls())
+        return cls
+
+    return register
+
+
+def register_backup(type_: str) -> Callable[[type[S]], type[S]]:
     """Class decorator: register one instance of the class as the backup source for ``type_``."""
-
-    def register(cls: type[B]) -> type[B]:
-        if type_ in BACKUP_SOURCES:
-            raise ValueError(f"a backup source of type {type_!r} is already registered")
-        BACKUP_SOURCES[type_] = cls()
-        return cls
-
-    return register
+    return _instance_of(BACKUP_SOURCES, type_)
 
 
-def register_replica(type_: str) -> Callable[[type[R]], type[R]]:
+def register_replica(type_: str) -> Callable[[type[S]], type[S]]:
     """Class decorator: register one instance of the class as the replica source for ``type_``."""
-
-    def register(cls: type[R]) -> type[R]:
-        if type_ in REPLICA_SOURCES:
-            raise ValueError(f"a replica source of type {type_!r} is already registered")
-        REPLICA_SOURCES[type_] = cls()
-        return cls
-
-    return register
+    return _instance_of(REPLICA_SOURCES, type_)
 
 
 def backup_source(cfg: BackupConfig) -> BackupSource[Any]:

@@ -312,6 +312,105 @@ class CommandQueue:
 QueueConfig = PostfixQueue | EximQueue | DirectoryQueue | CommandQueue
 
 
+# --- logs (real mail flow) ------------------------------------------------------------------------
+
+LogParser = Literal["postfix", "exim", "dovecot"]
+
+
+@dataclass(frozen=True)
+class _LogCommon:
+    """Keys every log source has (docs/logs.md)."""
+
+    def _common(self) -> list[tuple[str, str]]:
+        out = _check_name(getattr(self, "name", ""))
+        parsers = getattr(self, "parsers", ())
+        if not parsers:
+            out.append(("parsers", "expected at least one of postfix, exim, dovecot"))
+        if len(set(parsers)) != len(parsers):
+            out.append(("parsers", "a parser is listed twice"))
+        top = getattr(self, "top_domains", 0)
+        if not 0 <= top <= 100:
+            out.append(("top_domains", f"expected 0 to 100, got {top}"))
+        if len(getattr(self, "domains", ())) > 100:
+            out.append(("domains", "expected at most 100 domains"))
+        if not 1_000 <= getattr(self, "max_lines_per_run", 1_000) <= 10_000_000:
+            out.append(("max_lines_per_run", "expected 1000 to 10000000"))
+        return out
+
+
+@dataclass(frozen=True)
+class FileLog(_LogCommon):
+    """A log file followed like ``tail -F`` (rename and copytruncate rotation)."""
+
+    name: str
+    type: Literal["file"]
+    path: str
+    parsers: tuple[LogParser, ...] = ("postfix", "dovecot")
+    start_at: Literal["end", "beginning"] = "end"  # where a file never read before starts
+    top_domains: int = 0
+    domains: tuple[str, ...] = ()
+    max_lines_per_run: int = 500_000
+    interval: Duration = 10.0
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = self._common()
+        if not self.path:
+            out.append(("path", "expected the path of a log file"))
+        return out
+
+
+@dataclass(frozen=True)
+class JournalLog(_LogCommon):
+    """The systemd journal, read with ``journalctl -o json`` after the saved cursor."""
+
+    name: str
+    type: Literal["journal"]
+    units: tuple[str, ...] = ()  # systemd units (journalctl -u)
+    identifiers: tuple[str, ...] = ()  # syslog identifiers (journalctl -t), e.g. postfix/smtpd
+    directory: str | None = None  # journalctl -D (a journal directory; default: the system journal)
+    files: tuple[str, ...] = ()  # journalctl --file (journal files, e.g. for tests)
+    journalctl: str = "journalctl"
+    parsers: tuple[LogParser, ...] = ("postfix", "dovecot")
+    start_at: Literal["end", "beginning"] = "end"
+    top_domains: int = 0
+    domains: tuple[str, ...] = ()
+    max_lines_per_run: int = 500_000
+    interval: Duration = 10.0
+    timeout: Duration = 30.0
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = self._common()
+        if self.directory and self.files:
+            out.append(("files", "give directory or files, not both"))
+        return out
+
+
+@dataclass(frozen=True)
+class SyslogLog(_LogCommon):
+    """A syslog receiver (RFC 3164 and RFC 5424, UDP or TCP), bound to loopback by default."""
+
+    name: str
+    type: Literal["syslog"]
+    listen: str = "127.0.0.1:5514"
+    protocol: Literal["udp", "tcp"] = "udp"
+    parsers: tuple[LogParser, ...] = ("postfix", "dovecot")
+    top_domains: int = 0
+    domains: tuple[str, ...] = ()
+    max_lines_per_run: int = 500_000
+    buffer_lines: int = 100_000  # lines held between runs; beyond it they are dropped and counted
+    interval: Duration = 10.0
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = self._common()
+        out.extend(_check_address("listen", self.listen))
+        if not 1_000 <= self.buffer_lines <= 10_000_000:
+            out.append(("buffer_lines", "expected 1000 to 10000000"))
+        return out
+
+
+LogConfig = FileLog | JournalLog | SyslogLog
+
+
 # --- routes (end-to-end probes) ----------------------------------------------------------------
 
 
@@ -620,13 +719,14 @@ class Config:
     endpoints: tuple[EndpointConfig, ...] = ()
     queues: tuple[QueueConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    logs: tuple[LogConfig, ...] = ()
     continuity: ContinuityConfig = field(default_factory=ContinuityConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def validate(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
-        for section in ("domains", "endpoints", "queues", "routes"):
+        for section in ("domains", "endpoints", "queues", "routes", "logs"):
             seen: dict[str, int] = {}
             for i, item in enumerate(getattr(self, section)):
                 key = getattr(item, "domain", None) or item.name

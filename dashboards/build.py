@@ -509,7 +509,163 @@ def delivery() -> Board:
         ],
         w=12,
     )
+    logs_row(b)
     return b
+
+
+def _or_zero(expr: str, fallback: str) -> str:
+    """``expr``, or 0 for every series of ``fallback`` that ``expr`` lacks (no event yet is 0, not no data)."""
+    return f"({expr} or 0 * {fallback})"
+
+
+def logs_row(b: Board) -> None:
+    """Mail flow from the logs (log sources of the exporter config, docs/logs.md)."""
+    deliveries = "mail_log_deliveries_total"
+    every = _rate_sum("source", deliveries, fn="rate")
+    lines = "mail_log_lines_total"
+    b.row("Mail flow from logs")
+    b.timeseries(
+        "Deliveries by status",
+        "Delivery attempts per second logged by each log source, per recipient, by status: sent, deferred "
+        "(to be retried), bounced, expired. Every retry of a deferred recipient counts as an attempt.",
+        "mps",
+        [target(_rate_sum("source, status", deliveries, fn="rate"), "{{source}} {{status}}")],
+    )
+    b.timeseries(
+        "Bounce and deferral ratio",
+        "Bounced recipients among finished attempts (sent, bounced, expired), and deferred attempts among all "
+        "attempts, per log source. MailBounceRateHigh and MailDeferralRateHigh alert on the 1-hour ratios.",
+        "percentunit",
+        [
+            target(
+                _or_zero(_rate_sum("source", deliveries, 'status="bounced"', fn="rate"), every)
+                + " / "
+                + _rate_sum("source", deliveries, 'status!="deferred"', fn="rate"),
+                "bounced {{source}}",
+            ),
+            target(
+                _or_zero(_rate_sum("source", deliveries, 'status="deferred"', fn="rate"), every) + " / " + every,
+                "deferred {{source}}",
+            ),
+        ],
+        extra_defaults={"min": 0, "max": 1},
+    )
+    b.timeseries(
+        "Delivery delay p95 by stage",
+        "95th percentile of the real delay of delivered mail, all transports, by stage: before_queue, in_queue, "
+        "connection, transmission (Postfix delays=a/b/c/d) and total (delay=). The stage that grows is where the "
+        "time goes.",
+        "s",
+        [
+            target(
+                "histogram_quantile(0.95, "
+                + _rate_sum("source, stage, le", "mail_log_delivery_delay_seconds_bucket", fn="rate")
+                + ")",
+                "{{source}} {{stage}}",
+            )
+        ],
+    )
+    b.timeseries(
+        "Rejects by reason",
+        "SMTP rejects per second by log source and reason class (Postfix smtpd NOQUEUE rejects: unknown user, "
+        "relay denied, blocklist, policy, greylist ...; Exim rejects). A sudden rise is MailSmtpRejectSpike.",
+        "eps",
+        [
+            target(
+                _rate_sum("source, reason", "mail_postfix_smtpd_rejects_total", fn="rate")
+                + " or "
+                + _rate_sum("source, reason", "mail_exim_rejects_total", fn="rate"),
+                "{{source}} {{reason}}",
+            )
+        ],
+    )
+    logins = "mail_dovecot_logins_total"
+    sasl = _rate_sum("source", "mail_postfix_smtpd_sasl_failures_total", fn="rate")
+    b.timeseries(
+        "Authentication failures by protocol",
+        "Failed logins per second by log source and protocol: Postfix SASL failures as smtp, Dovecot logins "
+        "that failed with a wrong password (reason auth_failed) by protocol (imap, pop3, submission ...); 0 for "
+        "a protocol with logins but no failure. A spike is MailAuthFailureSpike (password guessing).",
+        "eps",
+        [
+            target(
+                f'label_replace({sasl}, "protocol", "smtp", "", "") or '
+                + _or_zero(
+                    _rate_sum("source, protocol", logins, 'result="failure",reason="auth_failed"', fn="rate"),
+                    _rate_sum("source, protocol", logins, fn="rate"),
+                ),
+                "{{source}} {{protocol}}",
+            )
+        ],
+    )
+    tls = _rate_sum("source, direction", "mail_postfix_tls_connections_total", fn="rate")
+    b.timeseries(
+        "TLS connections by protocol version",
+        "TLS connections per second established by Postfix, by log source, direction (inbound: smtpd; outbound: "
+        "the smtp client) and protocol version, and failed TLS handshakes by direction (0 when none failed). "
+        "Old versions still in use show here before they are switched off.",
+        "eps",
+        [
+            target(
+                _rate_sum("source, direction, protocol", "mail_postfix_tls_connections_total", fn="rate"),
+                "{{source}} {{direction}} {{protocol}}",
+            ),
+            target(
+                _or_zero(_rate_sum("source, direction", "mail_postfix_tls_failures_total", fn="rate"), tls),
+                "{{source}} {{direction}} failed",
+            ),
+        ],
+    )
+    b.states(
+        "Log sources readable",
+        "Whether the last read of each log source succeeded (mail_log_up). The reason of a failure (missing, "
+        "permission ...) is on the exporter's status page.",
+        "bool_yes_no",
+        [target(sel("mail_log_up"), "{{source}}")],
+        w=6,
+        steps=thresholds((None, "red"), (1, "green")),
+    )
+    b.timeseries(
+        "Log lines read by program",
+        "Log lines read per second by log source and program class (postfix, exim, dovecot, other, malformed).",
+        "cps",
+        [target(_rate_sum("source, program", lines, fn="rate"), "{{source}} {{program}}")],
+        w=6,
+    )
+    per_source = _rate_sum("source", lines, fn="rate")
+    b.timeseries(
+        "Log lines not understood",
+        "Share of the lines of each known program that its parser did not understand, and share of malformed "
+        "lines (not log lines at all), per log source. A jump is a changed log format: "
+        "MailLogLinesNotUnderstood.",
+        "percentunit",
+        [
+            target(
+                _or_zero(
+                    _rate_sum("source, program", "mail_log_lines_unparsed_total", fn="rate"),
+                    _rate_sum("source, program", lines, 'program=~"postfix|exim|dovecot"', fn="rate"),
+                )
+                + " / "
+                + _rate_sum("source, program", lines, fn="rate"),
+                "{{source}} {{program}}",
+            ),
+            target(
+                _or_zero(_rate_sum("source", lines, 'program="malformed"', fn="rate"), per_source) + " / " + per_source,
+                "{{source}} malformed",
+            ),
+        ],
+        w=6,
+        extra_defaults={"min": 0},
+    )
+    b.timeseries(
+        "Age of the newest log line",
+        "Time since the newest line of each log source was written (its own timestamp). It grows while nothing "
+        "is logged; MailLogSourceStale fires above log_stale_after (1 hour by default).",
+        "s",
+        [target(f"time() - {sel('mail_log_last_line_timestamp_seconds')}", "{{source}}")],
+        w=6,
+        steps=thresholds((None, "green"), (3600, "orange")),
+    )
 
 
 def continuity() -> Board:

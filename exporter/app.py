@@ -46,10 +46,13 @@ class Options:
 
 
 def default_config() -> config.Config:
-    """The embedded default: local SMTP, plus the local Postfix queue when Postfix is installed."""
+    """The embedded default: local SMTP, plus the local Postfix queue when Postfix is installed
+    and the mail log when there is one (/var/log/mail.log, as rsyslog writes it on Debian)."""
     text = config.DEFAULT_CONFIG_YAML
     if shutil.which("postqueue") is None and not Path("/usr/sbin/postqueue").exists():
         text = text.replace("queues:\n  - name: local\n    type: postfix\n", "")
+    if not Path("/var/log/mail.log").exists():
+        text = text.replace("logs:\n  - name: mail\n    type: file\n    path: /var/log/mail.log\n", "")
     return config.load_text(text, "<embedded default>")
 
 
@@ -80,7 +83,8 @@ class Exporter:
         return config.load(self.options.config_file)
 
     def build_checks(self, cfg: config.Config) -> list[Check]:
-        return checks.build(cfg, checks.BuildContext(continuity=self.continuity))
+        state_dir = str(Path(self.options.storage_path) / "logs")
+        return checks.build(cfg, checks.BuildContext(continuity=self.continuity, state_dir=state_dir))
 
     async def start(self) -> None:
         """Load the config and start the checks.  Raises ConfigError if the first load fails."""

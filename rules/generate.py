@@ -113,6 +113,7 @@ class Settings:
         "route",
         "backup",
         "replica",
+        "log",
     )
     check_errors_window: str = "15m"
     webhook_errors_window: str = "15m"
@@ -152,6 +153,60 @@ class Settings:
     mttr_window: str = "30d"
     availability_window: str = "30d"
     drill_max_age: str = "30d"
+
+    # --- mail flow from the logs (docs/logs.md) --------------------------------------------
+    #: Windows of the log recording rules: delivered rate, bounce and deferral ratios,
+    #: delay percentiles, reject and authentication-failure rates.
+    log_windows: tuple[str, ...] = ("5m", "1h")
+    #: The window (one of ``log_windows``) that the bounce, deferral and delay alerts read.
+    log_alert_window: str = "1h"
+    #: Bounced recipients among finished delivery attempts (sent, bounced, expired) ...
+    bounce_ratio: float = 0.05
+    #: ... and at least this many bounced recipients in the window (one bounce of a
+    #: handful of messages at night is not a trend).
+    bounce_min: int = 10
+    #: Deferred attempts among all delivery attempts (every retry counts) ...
+    deferral_ratio: float = 0.25
+    #: ... and at least this many deferred attempts in the window.
+    deferral_min: int = 20
+    #: 95th percentile of the real delivery delay of delivered mail, per stage of Postfix's
+    #: delays=a/b/c/d (before_queue, in_queue, connection, transmission) and in total, in
+    #: seconds.  A stage left out here is not alerted on.
+    delay_p95_seconds: Mapping[str, float] = field(
+        default_factory=lambda: MappingProxyType(
+            {"total": 900, "before_queue": 60, "in_queue": 900, "connection": 30, "transmission": 60}
+        )
+    )
+    #: ... and at least this many deliveries in the window (a percentile of three is noise).
+    delay_min_deliveries: int = 20
+    #: Spikes: the rate over the last 5 minutes above ``spike_factor`` times the rate over
+    #: ``spike_baseline`` (ending 5 minutes ago), and above a floor in events per second.
+    spike_factor: float = 5
+    spike_baseline: str = "1d"
+    #: Floor of MailSmtpRejectSpike: 0.2/s is 60 rejects in 5 minutes.
+    reject_spike_min_per_second: float = 0.2
+    #: Floor of MailAuthFailureSpike: 0.05/s is 15 failed logins in 5 minutes.
+    auth_spike_min_per_second: float = 0.05
+    #: TLS handshake failures among TLS handshakes, per direction (inbound: clients and
+    #: scanners talking to smtpd; outbound: this server's smtp client), over ``tls_window`` ...
+    tls_failure_ratio: Mapping[str, float] = field(
+        default_factory=lambda: MappingProxyType({"inbound": 0.25, "outbound": 0.1})
+    )
+    tls_window: str = "15m"
+    #: ... with at least this many failures in the window.
+    tls_failure_min: int = 10
+    #: A log source whose newest line is older than this is stale.  The newest line's own
+    #: timestamp is used, so this must be longer than the quietest hour of the server: a
+    #: small server may write nothing at night.  The exporter's own SMTP probes of a
+    #: server write connect/disconnect lines to its log every probe interval, which keeps
+    #: a monitored Postfix's log moving; raise this for a log that can be silent longer.
+    log_stale_after: str = "1h"
+    #: Lines not understood: unparsed lines of a program (and malformed lines) among the
+    #: lines read, over ``unparsed_window`` ...
+    unparsed_ratio: float = 0.05
+    unparsed_window: str = "15m"
+    #: ... with at least this many such lines in the window.
+    unparsed_min: int = 20
 
     # --- for: durations, per alert --------------------------------------------------------
     for_durations: Mapping[str, str] = field(
@@ -194,6 +249,15 @@ class Settings:
                 "MailDrillStale": "1h",
                 "MailDrillMissing": "1h",
                 "MailMaintenanceActive": "0s",
+                "MailBounceRateHigh": "15m",
+                "MailDeferralRateHigh": "30m",
+                "MailDeliveryDelayHigh": "15m",
+                "MailSmtpRejectSpike": "10m",
+                "MailAuthFailureSpike": "10m",
+                "MailTlsHandshakeFailures": "15m",
+                "MailLogSourceStale": "10m",
+                "MailLogSourceDown": "5m",
+                "MailLogLinesNotUnderstood": "15m",
             }
         )
     )
@@ -372,7 +436,113 @@ class Builder:
             {"name": "mail-sli-roundtrip", "rules": roundtrip},
             {"name": "mail-sli-mx", "rules": mx},
             {"name": "mail-queue-growth", "rules": queues},
+            {"name": "mail-log-flow", "rules": self.log_recording_rules()},
         ]
+
+    # --- mail flow from the logs -----------------------------------------------------------
+
+    def log_recording_rules(self) -> list[dict[str, Any]]:
+        """Per log source: delivered rate, bounce and deferral ratios, delay p95, rejects, auth failures."""
+        s = self.s
+        sel = self.sel
+        deliveries = "mail_log_deliveries_total"
+        per_source = "sum without (transport, status)"
+        delay = "mail_log_delivery_delay_seconds"
+        out: list[dict[str, Any]] = []
+        for w in s.log_windows:
+            every = f"{per_source} (rate({sel(deliveries)}[{w}]))"
+            out.append(
+                {
+                    "record": f"mail:log_deliveries_sent:rate{w}",
+                    "expr": f"{per_source} (rate({sel(deliveries, eq('status', 'sent'))}[{w}]))",
+                }
+            )
+            # "or 0 * ...": a source with deliveries but no bounce yet has a ratio of 0, not none
+            out.append(
+                {
+                    "record": f"mail:log_deliveries_bounced:ratio_rate{w}",
+                    "expr": (
+                        f"(\n  {per_source} (rate({sel(deliveries, eq('status', 'bounced'))}[{w}]))\n"
+                        f"or\n  0 * {every}\n)\n/\n"
+                        f"({per_source} (rate({sel(deliveries, ne('status', 'deferred'))}[{w}])) > 0)"
+                    ),
+                }
+            )
+            out.append(
+                {
+                    "record": f"mail:log_deliveries_deferred:ratio_rate{w}",
+                    "expr": (
+                        f"(\n  {per_source} (rate({sel(deliveries, eq('status', 'deferred'))}[{w}]))\n"
+                        f"or\n  0 * {every}\n)\n/\n({every} > 0)"
+                    ),
+                }
+            )
+            out.append(
+                {
+                    "record": f"mail:log_delivery_delay_seconds:p95_rate{w}",
+                    "expr": (
+                        f"histogram_quantile(0.95, rate({sel(delay + '_bucket')}[{w}]))\n"
+                        f"and\n"
+                        f"rate({sel(delay + '_count')}[{w}]) > 0"
+                    ),
+                }
+            )
+        for w in (*s.log_windows, s.spike_baseline):
+            out.append({"record": f"mail:log_smtp_rejects:rate{w}", "expr": self.rejects_rate(w)})
+        for w in (*s.log_windows, s.spike_baseline):
+            out.append({"record": f"mail:log_auth_failures:rate{w}", "expr": self.auth_failures_rate(w)})
+        tw = s.tls_window
+        failures = f"rate({sel('mail_postfix_tls_failures_total')}[{tw}])"
+        out.append(
+            {
+                "record": f"mail:log_tls_failures:ratio_rate{tw}",
+                "expr": (
+                    f"{failures}\n/\n(\n  {failures}\n  +\n"
+                    f"  (sum without (protocol) (rate({sel('mail_postfix_tls_connections_total')}[{tw}])) "
+                    f"or 0 * {failures})\n"
+                    f"  > 0\n)"
+                ),
+            }
+        )
+        uw = s.unparsed_window
+        lines = "mail_log_lines_total"
+        out.append(
+            {
+                "record": f"mail:log_lines_unparsed:ratio_rate{uw}",
+                "expr": (
+                    f"rate({sel('mail_log_lines_unparsed_total')}[{uw}])\n/\n(rate({sel(lines)}[{uw}]) > 0)\n"
+                    f"or\n"
+                    f"rate({sel(lines, eq('program', 'malformed'))}[{uw}])\n"
+                    f"/ on (job, instance, source) group_left ()\n"
+                    f"(sum without (program) (rate({sel(lines)}[{uw}])) > 0)"
+                ),
+            }
+        )
+        return out
+
+    def rejects_rate(self, w: str) -> str:
+        """SMTP rejects per second per source: Postfix smtpd NOQUEUE rejects, or Exim's rejects."""
+        sel = self.sel
+        return (
+            f"sum without (code, reason) (rate({sel('mail_postfix_smtpd_rejects_total')}[{w}]))\n"
+            f"or\n"
+            f"sum without (reason) (rate({sel('mail_exim_rejects_total')}[{w}]))"
+        )
+
+    def auth_failures_rate(self, w: str) -> str:
+        """Failed logins per second per source and protocol: Postfix SASL (smtp) and Dovecot.
+
+        Only Dovecot's ``auth_failed`` counts: its other failure reasons are clients that gave
+        up without a wrong password (``disconnected``, ``no_auth_attempts``, ``tls`` ...).
+        """
+        sel = self.sel
+        failed = (eq("result", "failure"), eq("reason", "auth_failed"))
+        return (
+            f"label_replace(rate({sel('mail_postfix_smtpd_sasl_failures_total')}[{w}]), "
+            f'"protocol", "smtp", "", "")\n'
+            f"or\n"
+            f"sum without (result, reason) (rate({sel('mail_dovecot_logins_total', *failed)}[{w}]))"
+        )
 
     def backlog_matcher(self) -> str:
         queues = self.s.backlog_queues
@@ -896,6 +1066,161 @@ class Builder:
             "Service {{ $labels.service }} is inside a maintenance window configured on {{ $labels.instance }}. "
             "Alertmanager inhibits warning and critical alerts labelled service={{ $labels.service }}.",
         )
+
+        # --- mail flow from the logs ---------------------------------------------------------
+        g = "logs"
+        aw = s.log_alert_window
+        deliveries = "mail_log_deliveries_total"
+        add(
+            "MailBounceRateHigh",
+            g,
+            "warning",
+            "delivery",
+            (
+                f"mail:log_deliveries_bounced:ratio_rate{aw} > {number(s.bounce_ratio)}\n"
+                f"and on (job, instance, source)\n"
+                f"sum without (transport, status) (increase({sel(deliveries, eq('status', 'bounced'))}[{aw}]))"
+                f" >= {s.bounce_min}"
+            ),
+            "Many delivery attempts end in a bounce: mail is returned to its senders.",
+            f"{{{{ $value | humanizePercentage }}}} of the finished delivery attempts logged by "
+            f"{{{{ $labels.source }}}} over the last {words(aw)} bounced (at least {s.bounce_min} recipients), "
+            f"more than {percent(s.bounce_ratio)}.",
+        )
+        add(
+            "MailDeferralRateHigh",
+            g,
+            "warning",
+            "delivery",
+            (
+                f"mail:log_deliveries_deferred:ratio_rate{aw} > {number(s.deferral_ratio)}\n"
+                f"and on (job, instance, source)\n"
+                f"sum without (transport, status) (increase({sel(deliveries, eq('status', 'deferred'))}[{aw}]))"
+                f" >= {s.deferral_min}"
+            ),
+            "Many delivery attempts are deferred: mail waits in the queue for a retry.",
+            f"{{{{ $value | humanizePercentage }}}} of the delivery attempts logged by {{{{ $labels.source }}}} "
+            f"over the last {words(aw)} were deferred (at least {s.deferral_min}), more than "
+            f"{percent(s.deferral_ratio)}.",
+        )
+        p95 = f"mail:log_delivery_delay_seconds:p95_rate{aw}"
+        count = sel("mail_log_delivery_delay_seconds_count")
+        parts = [f"{p95}{{{eq('stage', stage)}}} > {number(v)}" for stage, v in s.delay_p95_seconds.items()]
+        limits = ", ".join(f"{stage} {number(v)}s" for stage, v in s.delay_p95_seconds.items())
+        add(
+            "MailDeliveryDelayHigh",
+            g,
+            "warning",
+            "delivery",
+            (
+                "(\n  " + "\nor\n  ".join(parts) + "\n)\n"
+                f"and on (job, instance, source, transport, stage)\n"
+                f"increase({count}[{aw}]) >= {s.delay_min_deliveries}"
+            ),
+            "Real mail takes long to be delivered, according to the mail log.",
+            f"The 95th percentile {{{{ $labels.stage }}}} delay of mail delivered over {{{{ $labels.transport }}}} "
+            f"(log source {{{{ $labels.source }}}}) in the last {words(aw)} is {{{{ $value | humanizeDuration }}}} "
+            f"(limits: {limits}).",
+        )
+        bw = s.spike_baseline
+        factor = number(s.spike_factor)
+        add(
+            "MailSmtpRejectSpike",
+            g,
+            "warning",
+            "delivery",
+            (
+                f"mail:log_smtp_rejects:rate5m > {number(s.reject_spike_min_per_second)}\n"
+                f"and\n"
+                f"mail:log_smtp_rejects:rate5m > {factor} * (mail:log_smtp_rejects:rate{bw} offset 5m)"
+            ),
+            "The SMTP server rejects far more connections and recipients than usual.",
+            f'{{{{ $labels.source }}}} logged {{{{ $value | printf "%.2f" }}}} SMTP rejects per second over the '
+            f"last 5 minutes, more than {factor}x its rate over the previous {words(bw)}. Either an attack or "
+            "spam run is being refused, or a restriction now refuses legitimate mail: look at the reasons.",
+        )
+        add(
+            "MailAuthFailureSpike",
+            g,
+            "warning",
+            "delivery",
+            (
+                f"mail:log_auth_failures:rate5m > {number(s.auth_spike_min_per_second)}\n"
+                f"and\n"
+                f"mail:log_auth_failures:rate5m > {factor} * (mail:log_auth_failures:rate{bw} offset 5m)"
+            ),
+            "Failed logins spike: someone may be guessing passwords.",
+            f'{{{{ $labels.source }}}} logged {{{{ $value | printf "%.2f" }}}} failed {{{{ $labels.protocol }}}} '
+            f"logins per second over the last 5 minutes, more than {factor}x the rate of the previous {words(bw)}.",
+        )
+        tw = s.tls_window
+        ratio = f"mail:log_tls_failures:ratio_rate{tw}"
+        parts = [f"{ratio}{{{eq('direction', d)}}} > {number(v)}" for d, v in s.tls_failure_ratio.items()]
+        tls_limits = ", ".join(f"{d} {percent(v)}" for d, v in s.tls_failure_ratio.items())
+        add(
+            "MailTlsHandshakeFailures",
+            g,
+            "warning",
+            "delivery",
+            (
+                "(\n  " + "\nor\n  ".join(parts) + "\n)\n"
+                f"and on (job, instance, source, direction)\n"
+                f"increase({sel('mail_postfix_tls_failures_total')}[{tw}]) >= {s.tls_failure_min}"
+            ),
+            "Many TLS handshakes of the mail server fail.",
+            f"{{{{ $value | humanizePercentage }}}} of the {{{{ $labels.direction }}}} TLS handshakes logged by "
+            f"{{{{ $labels.source }}}} over the last {words(tw)} failed (at least {s.tls_failure_min}; "
+            f"limits: {tls_limits}).",
+        )
+        newest = sel("mail_log_last_line_timestamp_seconds")
+        add(
+            "MailLogSourceStale",
+            g,
+            "warning",
+            "delivery",
+            (
+                f"(time() - {newest}) > {seconds(s.log_stale_after)}\n"
+                f"and on (job, instance, source)\n"
+                f"{newest} > 0\n"
+                f"and on (job, instance, source)\n"
+                f"{sel('mail_log_up')} == 1"
+            ),
+            "A mail log source has had no new line for long: its mail flow figures are stale.",
+            "The newest line read from log source {{ $labels.source }} on {{ $labels.instance }} is "
+            f"{{{{ $value | humanizeDuration }}}} old, older than {words(s.log_stale_after)} "
+            "(log_stale_after), although the source can be read.",
+        )
+        add(
+            "MailLogSourceDown",
+            g,
+            "warning",
+            "delivery",
+            f"{sel('mail_log_up')} == 0",
+            "A mail log source cannot be read: real mail flow is not counted.",
+            "Reading log source {{ $labels.source }} on {{ $labels.instance }} has failed for "
+            f"{held('MailLogSourceDown')}. The reason (missing, permission, ...) is on the exporter's "
+            "status page (/).",
+        )
+        uw = s.unparsed_window
+        lines = "mail_log_lines_total"
+        add(
+            "MailLogLinesNotUnderstood",
+            g,
+            "warning",
+            "delivery",
+            (
+                f"mail:log_lines_unparsed:ratio_rate{uw} > {number(s.unparsed_ratio)}\n"
+                f"and on (job, instance, source, program)\n"
+                f"(\n  increase({sel('mail_log_lines_unparsed_total')}[{uw}]) >= {s.unparsed_min}\n"
+                f"  or\n"
+                f"  increase({sel(lines, eq('program', 'malformed'))}[{uw}]) >= {s.unparsed_min}\n)"
+            ),
+            "The exporter does not understand many lines of a mail log: counts are incomplete.",
+            f"{{{{ $value | humanizePercentage }}}} of the {{{{ $labels.program }}}} lines read from log source "
+            f"{{{{ $labels.source }}}} over the last {words(uw)} were not understood (more than "
+            f"{percent(s.unparsed_ratio)}). A changed log format, a new daemon or a new Postfix or Dovecot "
+            "version writes lines the parser does not know.",
+        )
         return out
 
     def alert_groups(self) -> list[dict[str, Any]]:
@@ -906,6 +1231,7 @@ class Builder:
             "queues": "mail-queues",
             "roundtrip": "mail-roundtrip",
             "continuity": "mail-continuity",
+            "logs": "mail-logs",
         }
         groups: dict[str, list[dict[str, Any]]] = {key: [] for key in titles}
         for a in self.alerts():
@@ -942,7 +1268,10 @@ _Dumper.add_representer(str, _str)
 
 
 HEADERS = {
-    RECORDING_FILE: "Recording rules: round-trip and MX availability SLIs, latency percentiles, queue growth.",
+    RECORDING_FILE: (
+        "Recording rules: round-trip and MX availability SLIs, latency percentiles, queue growth, "
+        "mail flow from the logs."
+    ),
     ALERTS_FILE: "Alerting rules: every metric family of the exporter.",
     SLO_FILE: "Round-trip SLO: burn rates and multi-window, multi-burn-rate alerts.",
 }

@@ -176,7 +176,8 @@ VMAIL_USER=mcevmail
 USERS=(probe@example.test ops@example.test archive@archive.example.test replica@example.test)
 SERVICES=(postfix dovecot lmtp unbound prometheus alertmanager)
 PACKAGES=(postfix dovecot-imapd dovecot-lmtpd dovecot-sieve unbound prometheus prometheus-alertmanager openssl
-    prometheus-blackbox-exporter prometheus-postfix-exporter iproute2)  # the last three: benchmarks only
+    prometheus-blackbox-exporter prometheus-postfix-exporter iproute2  # these three: benchmarks only
+    systemd-journal-remote)  # writes the real journal files of tests/test_logs_journal.py
 BINARIES=(postfix postconf postqueue postsuper dovecot doveadm doveconf sievec unbound unbound-checkconf prometheus prometheus-alertmanager openssl python3)
 
 MARKER_NAME=.mce-teststack

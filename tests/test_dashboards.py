@@ -472,6 +472,17 @@ def test_issue_content_is_covered() -> None:
             "mail_queue_message_age_seconds_bucket",
             "mail_queue_deferred_reason_messages",
             "mail_queue_deferred_destination_messages",
+            # mail flow from the logs (issue 15)
+            "sum by (source, status) (rate(mail_log_deliveries_total",
+            'status="bounced"',
+            "histogram_quantile(0.95, sum by (source, stage, le) (rate(mail_log_delivery_delay_seconds_bucket",
+            "mail_postfix_smtpd_rejects_total",
+            "mail_postfix_smtpd_sasl_failures_total",
+            'mail_dovecot_logins_total{job=~"$job",instance=~"$instance",result="failure",reason="auth_failed"}',
+            "sum by (source, direction, protocol) (rate(mail_postfix_tls_connections_total",
+            "mail_log_up",
+            "mail_log_lines_unparsed_total",
+            "mail_log_last_line_timestamp_seconds",
         ],
         "mce-continuity": [
             "mail_mttr_seconds",

@@ -50,6 +50,7 @@ PRODUCED = {
     "Deferral reasons": "messages deferred at the stack's dead relay",
     "Top deferred destinations": "messages deferred at the stack's dead relay",
     "Active alerts": "MailMxDown for the stack's dead mx2 (rules with for: 10s)",
+    "Rejects by reason": "a RCPT to an unknown user rejected by the stack's Postfix, read from its log",
 }
 WARMUP = 55.0
 
@@ -175,6 +176,9 @@ queues:
   - name: stack
     type: postfix
     config_directory: {stack.postfix_config_dir}
+logs:
+  - {{name: postfix, type: file, path: "{stack.postfix_log}", parsers: [postfix], start_at: beginning, interval: 2s}}
+  - {{name: dovecot, type: file, path: "{stack.dovecot_log}", parsers: [dovecot], start_at: beginning, interval: 2s}}
 routes:
   - name: inbound
     interval: 3s
@@ -230,6 +234,16 @@ def defer_messages(stack: Stack, tag: str, n: int = 3) -> str:
     return sender
 
 
+def reject_unknown_user(stack: Stack, tag: str) -> None:
+    """One NOQUEUE reject in the Postfix log (550 5.1.1, unknown user), for the rejects panel."""
+    with smtplib.SMTP(stack.host, stack.port("smtp"), timeout=30) as smtp:
+        smtp.ehlo("dash-test.example")
+        smtp.mail(f"mce-dash-{tag}@example.test")
+        code, _ = smtp.rcpt(f"no-such-user-{tag}@example.test")
+        assert code == 550, code
+        smtp.rset()
+
+
 def delete_messages(stack: Stack, sender: str) -> None:
     ids = [m["queue_id"] for m in stack.postqueue_json() if m["sender"] == sender]
     if ids:
@@ -257,6 +271,7 @@ def live(stack: Stack, tmp_path: Path) -> Iterator[tuple[Stack, ExporterProcess,
         exp.wait_ready()
         try:
             sender = defer_messages(stack, run)
+            reject_unknown_user(stack, run)
             settings = dataclasses.replace(gen.SETTINGS, job_selector=f'job="{job}"', for_override="10s")
             texts = gen.rule_texts(settings)
             for path, name in zip(rule_files, names, strict=True):

@@ -204,6 +204,30 @@ def test_fuzz_dns_txt(data: bytes) -> None:
     ft.check_dns_txt(data)
 
 
+@FUZZ
+@given(mutants("exim_log"))
+def test_fuzz_exim_log(data: bytes) -> None:
+    ft.check_exim_log(data)
+
+
+@FUZZ
+@given(mutants("dovecot_log"))
+def test_fuzz_dovecot_log(data: bytes) -> None:
+    ft.check_dovecot_log(data)
+
+
+@FUZZ
+@given(mutants("postfix_log"))
+def test_fuzz_postfix_log(data: bytes) -> None:
+    ft.fuzz_postfix_log(data)
+
+
+@FUZZ
+@given(mutants("syslog_frame"))
+def test_fuzz_syslog_frame(data: bytes) -> None:
+    ft.check_syslog_frame(data)
+
+
 # --- generated valid inputs: parse(render(x)) == x -----------------------------------------------
 
 _TEXT = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x2FF, blacklist_characters="\x7f"), max_size=30)

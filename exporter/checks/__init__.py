@@ -10,6 +10,7 @@ domain         mx          discover a domain's MX hosts and probe every address 
 domain         dns         check a domain's DNS posture (MX, SPF, DMARC, MTA-STS, TLS-RPT, DKIM)
 domain         dnsbl       look every MX address and sending IP up on the configured blocklists
 queue          queue       read a mail queue (Postfix, Exim, a directory, a command)
+logs           log         count real mail flow from a log file, the journal or syslog (``logs:``)
 route          route       send a probe message and find it in the mailbox (``routes:``)
 backup         backup      the newest backup of a dataset (``continuity.datasets[].backups``)
 replica        replica     a dataset's replication lag (``continuity.datasets[].replicas``)
@@ -25,7 +26,16 @@ from __future__ import annotations
 
 __all__ = ["GRACE", "PROBERS", "BuildContext", "ContinuityHooks", "ProbeModule", "build", "probe_modules", "run_probe"]
 
-from exporter.checks import backup, domain, endpoint, queue, reconcile, replica, route  # noqa: F401 (registration)
+from exporter.checks import (  # noqa: F401 (registration)
+    backup,
+    domain,
+    endpoint,
+    logs,
+    queue,
+    reconcile,
+    replica,
+    route,
+)
 from exporter.checks.probing import GRACE, PROBERS, run_probe
 from exporter.checks.registry import BuildContext, ContinuityHooks, ProbeModule, builders, probe_modules
 from exporter.config import Config

@@ -77,6 +77,8 @@ class BuildContext:
     """What a builder may use besides the config."""
 
     continuity: ContinuityHooks | None = None
+    #: Where sources keep state across restarts (log read positions); None: in memory only.
+    state_dir: str | None = None
 
     @property
     def hooks(self) -> ContinuityHooks:

@@ -778,6 +778,10 @@ endpoints:
 queues:
   - name: local
     type: postfix
+logs:
+  - name: mail
+    type: file
+    path: /var/log/mail.log
 continuity:
   services:
     - name: mail

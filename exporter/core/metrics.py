@@ -218,7 +218,7 @@ FAMILIES: dict[str, MetricDef] = _defs(
     (
         "mail_postfix_smtpd_rejects_total",
         "counter",
-        "NOQUEUE rejects by smtpd, by reply code and a bounded reason class.",
+        "Rejects by smtpd (NOQUEUE and after the queue id, milter and proxy), by reply code and a reason class.",
         ("source", "code", "reason"),
     ),
     ("mail_postfix_smtpd_sasl_failures_total", "counter", "SASL authentication failures at smtpd.", ("source",)),
@@ -240,14 +240,14 @@ FAMILIES: dict[str, MetricDef] = _defs(
     (
         "mail_postfix_cleanup_milter_actions_total",
         "counter",
-        "Milter actions seen by cleanup, by action (reject, discard, hold, quarantine, other).",
+        "Milter actions (in smtpd and cleanup), by action (reject, discard, hold, quarantine, other).",
         ("source", "action"),
     ),
     ("mail_postfix_bounce_notices_total", "counter", "Delivery status notices sent by bounce.", ("source",)),
     (
         "mail_postfix_postscreen_actions_total",
         "counter",
-        "postscreen decisions, by action and the test that decided.",
+        "postscreen decisions, by action (connect, pass_new, pass_old, fail, reject, drop, ...) and test.",
         ("source", "action", "test"),
     ),
     # --- logs: Exim ------------------------------------------------------------------------------

@@ -108,6 +108,21 @@ class CheckState:
         hist.total += value
         hist.count += 1
 
+    def merge_histogram(
+        self, family: str, buckets: Sequence[float], per_bucket: Sequence[int], total: float, **labels: str
+    ) -> None:
+        """Add pre-bucketed observations: ``per_bucket[i]`` values fell in ``(buckets[i-1], buckets[i]]``,
+        the last entry above every bound (+Inf); ``total`` is their sum."""
+        hist = self._hist(family, buckets, labels)
+        if len(per_bucket) != len(hist.buckets):
+            raise ValueError(f"{family}: {len(per_bucket)} bucket counts for {len(hist.buckets)} buckets")
+        running = 0
+        for i, n in enumerate(per_bucket):
+            running += n
+            hist.counts[i] += running
+        hist.total += total
+        hist.count += running
+
     def init_histogram(self, family: str, buckets: Sequence[float], **labels: str) -> None:
         self._hist(family, buckets, labels)
 

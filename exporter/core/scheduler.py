@@ -50,6 +50,8 @@ class Check:
     run: RunFn
     on_timeout: Callable[[Check, Sink], None] = _default_timeout
     state: CheckState = field(default_factory=CheckState)
+    #: Releases what the check holds (files, sockets) once it is removed or the scheduler stops.
+    on_close: Callable[[], Awaitable[None]] | None = None
     last: RunRecord | None = None
     runs: int = 0
 
@@ -94,6 +96,7 @@ class Scheduler:
         self._sem = asyncio.Semaphore(max_concurrency)
         self._checks: dict[str, Check] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self.scheduled = asyncio.Event()
         self.listeners: list[Callable[[Check, RunRecord], None]] = []
 
@@ -127,7 +130,21 @@ class Scheduler:
         task = self._tasks.pop(key, None)
         if task is not None:
             task.cancel()
-        self._checks.pop(key, None)
+        check = self._checks.pop(key, None)
+        if check is not None and check.on_close is not None:
+            closing = asyncio.create_task(self._close(task, check), name=f"close:{key}")
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    async def _close(self, task: asyncio.Task[None] | None, check: Check) -> None:
+        if task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        assert check.on_close is not None
+        try:
+            await check.on_close()
+        except Exception:
+            self.log.exception("closing a check failed", extra={"kv": {"check": check.key}})
 
     async def stop(self) -> None:
         tasks = list(self._tasks.values())
@@ -136,6 +153,8 @@ class Scheduler:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._closing:
+            await asyncio.wait(list(self._closing), timeout=10.0)
 
     def _initial_samples(self, check: Check) -> None:
         for result in RUN_RESULTS:

@@ -15,21 +15,30 @@
     2026-12-07 08:00:01 1tJq2B-000ABC-1x <= sender@example.test H=... S=1234
     2026-12-07 08:00:01.123 +0100 [4567] 1tJq2B-000ABC-1x => ...
 
+- Dovecot's own log file (``log_path``, with any ``log_timestamp`` of the two shapes above; no
+  host): a record of program ``dovecot`` whose message is everything after the timestamp::
+
+    Dec 07 08:00:01 imap-login: Info: Login: user=<u>, method=PLAIN, ...
+    2026-12-07 08:00:01.123456 lmtp(u)<4567><Ab1C>: Info: msgid=<...>: saved mail to INBOX
+
 Pure: no I/O.  A line that is none of these returns ``None`` (counted as ``malformed``).
 """
 
 from __future__ import annotations
 
-__all__ = ["EXIM", "LogRecord", "classic_timestamp", "parse_line", "program_class"]
+__all__ = ["DOVECOT", "EXIM", "LogRecord", "classic_timestamp", "parse_line", "program_class"]
 
 import calendar
 import re
 import time
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 #: The ``program`` of records from an Exim main log (which carries no syslog tag).
 EXIM = "exim"
+#: The ``program`` of records from Dovecot's own log file (``log_path``, no syslog tag).
+DOVECOT = "dovecot"
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +59,14 @@ _MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun",
 _SYSLOG = re.compile(
     r"(?:(?P<mon>[A-Z][a-z]{2}) {1,2}(?P<day>\d{1,2}) (?P<hms>\d\d:\d\d:\d\d)"
     r"|(?P<iso>\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?))"
-    r" (?P<host>\S+) (?P<prog>[^\s\[:]+)(?:\[(?P<pid>\d{1,10})\])?: (?P<msg>.*)$"
+    # The host never is "[pid]", "(...", an Exim message id nor "X=..." (H=, U=): Exim main log lines.
+    r" (?P<host>(?![\[(]|[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4} )[^\s=]+)"
+    r" (?P<prog>[^\s\[:]+)(?:\[(?P<pid>\d{1,10})\])?: (?P<msg>.*)$"
 )
+#: Dovecot's own log file (``log_path``) has no host: after the timestamp come the log prefix
+#: and the level, "imap-login: Info: Login: ...", which :data:`_SYSLOG` reads as host
+#: "imap-login:" and program "Info".
+_DOVECOT_LEVELS = frozenset({"Debug", "Info", "Warning", "Error", "Fatal", "Panic"})
 # Exim main log: "2026-12-07 08:00:01[.123] [+0100] [[pid]] rest".
 _EXIM = re.compile(
     r"(?P<date>\d{4}-\d\d-\d\d) (?P<time>\d\d:\d\d:\d\d)(?:\.(?P<ms>\d{1,6}))?"
@@ -98,6 +113,22 @@ def classic_timestamp(mon: str, day: int, hms: str, now: float | None = None) ->
     return ts
 
 
+@lru_cache(maxsize=1024)
+def _classic_cached(stamp: str) -> float | None:
+    """:func:`classic_timestamp` of a ``Mmm dd hh:mm:ss`` prefix; lines of one second share it.
+
+    Cached: ``time.mktime`` costs more than the rest of the line's parsing.  The year is the
+    one at the first sight of a stamp; a cache entry outlives a new year's night only for
+    stamps of that night, which cannot repeat until the next year.
+    """
+    return classic_timestamp(stamp[:3], int(stamp[4:6]), stamp[7:15])
+
+
+@lru_cache(maxsize=1024)
+def _iso_cached(text: str) -> float | None:
+    return _iso_timestamp(text)
+
+
 def _iso_timestamp(text: str) -> float | None:
     try:
         if text.endswith("Z"):
@@ -115,6 +146,12 @@ def _iso_timestamp(text: str) -> float | None:
         return None
     base = dt.timestamp() if dt.tzinfo is not None else time.mktime(dt.timetuple())
     return base + (int(frac) / 10 ** len(frac) if frac else 0.0)
+
+
+@lru_cache(maxsize=1024)
+def _exim_cached(date: str, hms: str, tz: str | None) -> float | None:
+    """:func:`_exim_timestamp` to the second (``time.mktime`` is costly); lines of one second share it."""
+    return _exim_timestamp(date, hms, None, tz)
 
 
 def _exim_timestamp(date: str, hms: str, ms: str | None, tz: str | None) -> float | None:
@@ -137,14 +174,21 @@ def parse_line(line: str, now: float | None = None) -> LogRecord | None:
     if m is not None:
         iso = m.group("iso")
         if iso is not None:
-            ts = _iso_timestamp(iso)
+            ts = _iso_cached(iso) if len(iso) <= 19 or iso[19] != "." else _iso_timestamp(iso)
+        elif now is None:
+            ts = _classic_cached(line[: m.end("hms")])
         else:
             ts = classic_timestamp(m.group("mon"), int(m.group("day")), m.group("hms"), now)
+        host = m.group("host")
+        if host[-1] == ":" and m.group("prog") in _DOVECOT_LEVELS and m.group("pid") is None:
+            return LogRecord(ts, "", DOVECOT, None, line[m.start("host") :])
         pid = m.group("pid")
         return LogRecord(ts, m.group("host"), m.group("prog"), int(pid) if pid else None, m.group("msg"))
     m = _EXIM.match(line)
     if m is not None:
-        ts = _exim_timestamp(m.group("date"), m.group("time"), m.group("ms"), m.group("tz"))
+        ms = m.group("ms")
+        base = _exim_cached(m.group("date"), m.group("time"), m.group("tz"))
+        ts = None if base is None else base + (int(ms) / 10 ** len(ms) if ms else 0.0)
         pid = m.group("pid")
         return LogRecord(ts, "", EXIM, int(pid) if pid else None, m.group("msg"))
     return None

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 __all__ = ["DELAY_BUCKETS", "Tally"]
 
+import math
+from bisect import bisect_left
 from collections import defaultdict
 
 from exporter.core import metrics
@@ -56,9 +58,10 @@ class Tally:
             state.inc(family, n, **_labels(family, source, values))
         for (family, values), seen in self.observations.items():
             buckets = HISTOGRAM_BUCKETS[family]
-            labels = _labels(family, source, values)
+            per_bucket = [0] * (len(buckets) + 1)
             for value in seen:
-                state.observe(family, value, buckets, **labels)
+                per_bucket[bisect_left(buckets, value)] += 1
+            state.merge_histogram(family, buckets, per_bucket, math.fsum(seen), **_labels(family, source, values))
         self.counts.clear()
         self.observations.clear()
 

@@ -20,6 +20,7 @@ import math
 import os
 import re
 import typing
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import MappingProxyType
@@ -31,7 +32,15 @@ from exporter import config as cfgmod
 from exporter.config.decode import Duration, format_duration
 from exporter.continuity import webhook
 from exporter.core.errors import ConfigError, WebhookError
+from exporter.core.model import CheckState
 from exporter.core.secrets import Secret
+from exporter.logs import dovecot as dovecot_log
+from exporter.logs import exim as exim_log
+from exporter.logs import postfix as postfix_log
+from exporter.logs.parsers import ParseOptions
+from exporter.logs.record import LogRecord, parse_line, program_class
+from exporter.logs.sources.syslog import Framer, parse_syslog_frame
+from exporter.logs.tally import Tally
 from exporter.probers import dnsrecords
 from exporter.queues.showq_parse import MAX_RECIPIENTS, ShowqMessage, ShowqParser, parse_all
 from exporter.roundtrip import received
@@ -328,10 +337,162 @@ def check_config(data: bytes) -> None:
     check_config_text(text)
 
 
+# --- syslog frames ---------------------------------------------------------------------------------
+
+#: A small frame bound, so that the fuzzer reaches the "too long" paths of the framer.
+_SYSLOG_MAX_FRAME = 64
+
+
+def _frame_stream(data: bytes, size: int) -> tuple[list[bytes], Counter[str], bool, bool]:
+    errors: Counter[str] = Counter()
+    framer = Framer(_SYSLOG_MAX_FRAME, errors)
+    frames = []
+    for i in range(0, len(data), size):
+        frames += framer.feed(data[i : i + size])
+    return frames, errors, framer.broken, framer.pending()
+
+
+def check_syslog_frame(data: bytes) -> None:
+    """One syslog message (RFC 3164/5424) and one TCP stream (RFC 6587 framings) from the same bytes."""
+    rec = parse_syslog_frame(data, now=1_765_094_400.0)
+    if rec is not None:
+        text = data.decode("utf-8", "replace")
+        assert rec.timestamp is None or math.isfinite(rec.timestamp)
+        assert rec.pid is None or 0 <= rec.pid < 10**10
+        assert rec.host in text and rec.message in text, rec
+        # parse_line names the program of an Exim main log or Dovecot log file line itself.
+        assert rec.program in text or rec.program in ("exim", "dovecot"), rec
+    # Framing never depends on how TCP cut the stream into segments.
+    whole = _frame_stream(data, max(1, len(data)))
+    for size in (1, 7):
+        if size == 1 and len(data) > 4096:
+            continue
+        assert _frame_stream(data, size) == whole, f"segments of {size} bytes differ"
+    assert all(len(frame) <= _SYSLOG_MAX_FRAME for frame in whole[0])
+
+
+# --- Exim and Dovecot logs ------------------------------------------------------------------------
+
+#: Label values each log family may carry (the bounded sets the parsers export); domains apart.
+_DSN_VALUES = exim_log.DSN_CODES | {"2.other", "4.other", "5.other"}
+LOG_LABELS: dict[str, tuple[Iterable[str], ...]] = {
+    "mail_log_messages_received_total": (),
+    "mail_log_deliveries_total": (exim_log.TRANSPORTS, exim_log.STATUSES),
+    "mail_log_delivery_dsn_total": (exim_log.STATUSES, _DSN_VALUES),
+    "mail_log_delivery_delay_seconds": (exim_log.TRANSPORTS, ("total",)),
+    "mail_log_deliveries_by_domain_total": (exim_log.STATUSES, ()),  # domains: see check_log_tally
+    "mail_exim_rejects_total": (exim_log.REJECT_REASONS,),
+    "mail_exim_frozen_total": (),
+    "mail_exim_panics_total": (),
+    "mail_dovecot_logins_total": (dovecot_log.PROTOCOLS, dovecot_log.RESULTS, dovecot_log.REASONS),
+    "mail_dovecot_lmtp_deliveries_total": (dovecot_log.LMTP_RESULTS,),
+}
+
+
+def log_options() -> ParseOptions:
+    """Options with both kinds of domain label: one configured domain and room for two more."""
+    return ParseOptions(domains=frozenset({"example.test"}), top_domains=2)
+
+
+def check_log_tally(tally: Tally, opts: ParseOptions) -> None:
+    """Every count and observation has label values from the bounded sets, and fits the contract."""
+    domains = opts.domains | opts.seen_domains | {"other"}
+    assert len(opts.seen_domains) <= opts.top_domains
+    for (family, values), n in tally.counts.items():
+        allowed = LOG_LABELS[family]
+        assert len(values) == len(allowed), (family, values)
+        for value, legal in zip(values, allowed, strict=True):
+            assert value in legal or (family == "mail_log_deliveries_by_domain_total" and value in domains), (
+                family,
+                values,
+            )
+        assert n > 0 and math.isfinite(n)
+    for (family, values), seen in tally.observations.items():
+        assert family in LOG_LABELS and all(math.isfinite(v) and v >= 0 for v in seen), (family, seen)
+        assert all(value in legal for value, legal in zip(values, LOG_LABELS[family], strict=True))
+    tally.flush(CheckState(), "fuzz")  # validates every key against the metrics contract
+
+
+def _log_lines(data: bytes, program: str) -> list[LogRecord]:
+    """Each line as parse_line splits it, and whole as a message of ``program`` (two ways in)."""
+    out = []
+    for line in data.decode("utf-8", "replace").splitlines():
+        rec = parse_line(line, now=1_765_094_400.0)
+        if rec is not None:
+            out.append(rec)
+        out.append(LogRecord(None, "", program, None, line))
+    return out
+
+
+def check_exim_log(data: bytes) -> None:
+    tally, opts = Tally(), log_options()
+    for rec in _log_lines(data, "exim"):
+        if program_class(rec.program) != "exim":
+            continue
+        # The private parser: the registered one swallows exceptions, which would hide a bug.
+        understood = exim_log._parse(rec.message, tally, opts)
+        assert understood in (True, False)
+        assert exim_log.parse_exim(rec, Tally(), log_options()) is understood
+    check_log_tally(tally, opts)
+
+
+def check_dovecot_log(data: bytes) -> None:
+    tally, opts = Tally(), log_options()
+    for rec in _log_lines(data, "dovecot"):
+        if program_class(rec.program) != "dovecot":
+            continue
+        understood = dovecot_log._parse(rec.program, rec.message, tally)
+        assert understood in (True, False)
+        assert dovecot_log.parse_dovecot(rec, Tally(), opts) is understood
+    check_log_tally(tally, opts)
+
+
+# --- Postfix logs ----------------------------------------------------------------------------------
+
+#: Daemons whose handlers every input also goes through, whatever parse_line made of it.
+_POSTFIX_PROGRAMS = tuple(
+    "postfix/" + d
+    for d in (
+        "smtpd", "submission/smtpd", "smtp", "lmtp", "local", "virtual", "pipe", "error", "qmgr", "cleanup",
+        "bounce", "postscreen", "tlsproxy", "pickup", "master", "brand-new-daemon",
+    )
+)  # fmt: skip
+
+
+def fuzz_postfix_log(data: bytes) -> None:
+    """Postfix log lines: the parser never raises and counts only bounded label values."""
+    opts = ParseOptions(domains=frozenset({"example.com"}), top_domains=2)
+    tally = Tally()
+    for line in data.decode("utf-8", "replace").splitlines():
+        rec = parse_line(line, now=1_765_094_400.0)
+        recs = [LogRecord(None, "mx", program, 1, line) for program in _POSTFIX_PROGRAMS]
+        if rec is not None and program_class(rec.program) == "postfix":
+            recs.append(rec)
+        for r in recs:
+            # The unguarded parser: parse_postfix swallows exceptions, which would hide a bug.
+            understood = postfix_log.parse(r, tally, opts)
+            assert understood in (True, False)
+            assert postfix_log.parse_postfix(r, Tally(), ParseOptions()) is understood
+    domains = opts.domains | opts.seen_domains | {"other"}
+    assert len(opts.seen_domains) <= opts.top_domains
+    for family, values in [*tally.counts, *tally.observations]:
+        allowed = postfix_log.LABEL_SETS[family]
+        assert len(values) == len(allowed), (family, values)
+        for value, legal in zip(values, allowed, strict=True):
+            assert value in (domains if legal is None else legal), (family, values)
+    for seen in tally.observations.values():
+        assert all(math.isfinite(v) and v >= 0 for v in seen), seen
+    tally.flush(CheckState(), "fuzz")  # validates every key against the metrics contract
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "config": check_config,
     "showq": check_showq,
     "received": check_received,
     "webhook": check_webhook,
     "dns_txt": check_dns_txt,
+    "exim_log": check_exim_log,
+    "dovecot_log": check_dovecot_log,
+    "postfix_log": fuzz_postfix_log,
+    "syslog_frame": check_syslog_frame,
 }

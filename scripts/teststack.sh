@@ -257,6 +257,9 @@ missing_binaries() {
     for b in "${BINARIES[@]}"; do
         command -v "$b" >/dev/null 2>&1 || printf '%s\n' "$b"
     done
+    # not on PATH: systemd installs it under lib/systemd
+    [[ -x /lib/systemd/systemd-journal-remote || -x /usr/lib/systemd/systemd-journal-remote ]] ||
+        printf '%s\n' systemd-journal-remote
 }
 
 require_binaries() {

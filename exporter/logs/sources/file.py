@@ -224,13 +224,7 @@ class FileSource:
             fh = self._fh
             self._fh, self._fh_id = None, None  # detached: closed by the caller once drained
             return fh
-        directory = Path(self.path).parent
-        base = Path(self.path).name
-        try:
-            candidates = sorted(p for p in directory.iterdir() if p.name.startswith(base) and p.name != base)
-        except OSError:
-            return None
-        for candidate in candidates:
+        for candidate in self._siblings():
             try:
                 st = candidate.stat()
                 if (st.st_dev, st.st_ino) == ident:
@@ -239,15 +233,18 @@ class FileSource:
                 continue
         return None
 
-    def _copy_of(self, pos: dict[str, Any]) -> BinaryIO | None:
-        """The copy a copytruncate rotation left: same head, at least ``offset`` bytes long."""
+    def _siblings(self) -> list[Path]:
+        """Rotated files next to the log: the same name with a suffix (``mail.log.1``, ...)."""
         directory = Path(self.path).parent
         base = Path(self.path).name
         try:
-            candidates = sorted(p for p in directory.iterdir() if p.name.startswith(base) and p.name != base)
+            return sorted(p for p in directory.iterdir() if p.name.startswith(base) and p.name != base)
         except OSError:
-            return None
-        for candidate in candidates:
+            return []
+
+    def _copy_of(self, pos: dict[str, Any]) -> BinaryIO | None:
+        """The copy a copytruncate rotation left: same head, at least ``offset`` bytes long."""
+        for candidate in self._siblings():
             try:
                 if candidate.stat().st_size < pos["offset"]:
                     continue

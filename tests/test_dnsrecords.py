@@ -135,9 +135,8 @@ DMARC_BAD = [
     ("v=DMARC1; p=reject; pct=101", 'bad pct= "101"'),
     ("v=DMARC1; p=reject; pct=-1", 'bad pct= "-1"'),
     ("v=DMARC1; p=reject; pct=" + "9" * 5000, "bad pct="),
-    ("v=DMARC1; p=reject; rua=dmarc@example.com", "rua=: not a mailto: URI"),
+    ("v=DMARC1; p=reject; rua=dmarc@example.com", "rua=: not a URI"),
     ("v=DMARC1; p=reject; rua=mailto:example.com", "rua=: bad address in mailto: URI"),
-    ("v=DMARC1; p=reject; rua=https://example.com/r", "rua=: not a mailto: URI"),
     ("v=DMARC1; p=reject; ruf=mailto:f@bad_domain", "ruf=: bad domain in mailto: URI"),
     ("v=DMARC1; p=reject; rua=", "empty rua= tag"),
     ("v=DMARC1; p=reject; rua=mailto:a@example.com,", "empty URI in rua="),
@@ -164,8 +163,49 @@ def test_dmarc_bad(text: str, reason: str) -> None:
     assert result.reason == reason or result.reason.startswith(reason), result.reason
 
 
+# RFC 7489 section 6.4: dmarc-record = dmarc-version dmarc-sep [dmarc-request] ..., "components
+# other than dmarc-version and dmarc-request may appear in any order"; dmarc-version = "v" *WSP
+# "=" ... (nothing before the "v").  Section 6.3: "p" is REQUIRED for policy records.
+DMARC_ORDER_BAD = [
+    (" v=DMARC1; p=reject", "starts with white space"),
+    ("\tv=DMARC1; p=reject", "starts with white space"),
+    ("v=DMARC1; rua=mailto:a@example.com; p=reject", 'p= is not the tag right after "v=DMARC1"'),
+    ("v=DMARC1; sp=none; p=reject", 'p= is not the tag right after "v=DMARC1"'),
+    ("v=DMARC1; future=tag; p=reject", 'p= is not the tag right after "v=DMARC1"'),
+]
+
+
+@pytest.mark.parametrize(("text", "reason"), DMARC_ORDER_BAD)
+def test_dmarc_version_then_policy(text: str, reason: str) -> None:
+    result = parse_dmarc(text)
+    assert (result.ok, result.reason, result.fields) == (False, reason, ())
+
+
+# RFC 7489 section 6.3, rua: "A Mail Receiver MUST implement support for a "mailto:" URI ...
+# URIs not supported by Mail Receivers MUST be ignored."  Any URI (section 6.2, 6.4: dmarc-uri =
+# URI) is allowed: one of another scheme is ignored with a note, the record stays valid.
+DMARC_URI_NOTES = [
+    ("v=DMARC1; p=reject; rua=https://example.com/r", 'ok (ignored rua= URI of scheme "https")'),
+    ("v=DMARC1; p=reject; ruf=ftp://example.com/f!10m", 'ok (ignored ruf= URI of scheme "ftp")'),
+    (
+        "v=DMARC1; p=reject; rua=https://example.com/r,mailto:a@example.com; ruf=xmpp:f@example.com",
+        'ok (ignored rua= URI of scheme "https", 1 more)',
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "reason"), DMARC_URI_NOTES)
+def test_dmarc_unsupported_uri_scheme_is_ignored(text: str, reason: str) -> None:
+    result = parse_dmarc(text)
+    assert result.ok and result.reason == reason
+    assert result.get("p") == "reject"
+
+
 def test_dmarc_fields_and_predicate() -> None:
     assert parse_dmarc("v=DMARC1; P=quarantine").get("p") == "quarantine"
+    # a bad mailto: URI (the scheme every receiver supports) or no URI at all is still an error
+    assert parse_dmarc("v=DMARC1; p=none; rua=https://example.com/r,mailto:bad").reason.startswith("rua=: bad")
+    assert parse_dmarc("v=DMARC1; p=none; rua=://example.com").reason == "rua=: not a URI"
     assert is_dmarc("v=DMARC1; p=none") and is_dmarc(" v = DMARC1") and is_dmarc("v=DMARC1")
     assert not is_dmarc("v=DMARC10; p=none") and not is_dmarc("p=none; v=DMARC1")
 

@@ -209,3 +209,40 @@ def test_hops_are_bounded_and_labels_are_safe() -> None:
     assert len(odd.host) == HOST_LABEL_MAX
     assert all(c.isalnum() or c in "._:[]-" for c in odd.host)
     assert hop_delays([Received()], 0.0)[0].host == "unknown"
+
+
+# --- the client address: the connection's, not the client's claim --------------------------------
+
+_BY = " by mx.example.net with ESMTP id X1; Mon, 20 Nov 2023 10:15:42 +0000"
+
+
+@pytest.mark.parametrize(
+    ("from_clause", "ip"),
+    [
+        # Exim $sender_rcvhost (spec, "Expansion variables"): "[ip]:port" when port logging is on...
+        ("from mail.example.org ([198.51.100.7]:54321 helo=mail.example.org)", "198.51.100.7"),
+        ("from mail.example.org ([2001:db8::25]:54321 helo=mail.example.org)", "2001:db8::25"),
+        ("from [198.51.100.7]:54321", "198.51.100.7"),
+        # ... "port=" in the comment without a verified host name; helo= is the client's claim
+        ("from [198.51.100.7] (port=54321 helo=mail.example.org)", "198.51.100.7"),
+        ("from [198.51.100.7] (port=54321 helo=[10.0.0.1])", "198.51.100.7"),
+        ("from mail.example.org ([198.51.100.7] helo=[10.0.0.1])", "198.51.100.7"),
+        # qmail-smtpd received.c: "from relay1.uu.net (HELO uunet.uu.net) (7@192.48.96.5)"
+        ("from relay1.example.net (HELO uunet.example.net) (7@192.0.2.5)", "192.0.2.5"),
+        ("from unknown (HELO [10.0.0.1]) (192.0.2.5)", "192.0.2.5"),  # notqmail keeps [] in HELO
+        ("from unknown (HELO 10.0.0.1) (bob@example.net@192.0.2.5)", "192.0.2.5"),  # SMTP AUTH patch
+        # Postfix smtpd and Sendmail proto.m4 ("from $s ($_)"): the HELO literal is the claim,
+        # "(rdns [addr])" is the connection
+        ("from [192.0.2.9] (unknown [192.0.2.1])", "192.0.2.1"),
+        ("from [192.0.2.9] (host.example.org [192.0.2.1])", "192.0.2.1"),
+        ("from [IPv6:2001:db8::9] (unknown [IPv6:2001:db8::1])", "2001:db8::1"),
+        ("from mail.example.org (root@host.example.org [192.0.2.1] (may be forged))", "192.0.2.1"),
+        ("from mail.example.org ([192.0.2.1])", "192.0.2.1"),  # Sendmail, no reverse name
+        # Exim's spool writes "-host_address 192.0.2.1.54321"; no MTA writes that in Received:
+        ("from mail.example.org (192.0.2.1.54321)", None),
+    ],
+)
+def test_client_address(from_clause: str, ip: str | None) -> None:
+    parsed = parse_received(from_clause + _BY)
+    assert parsed.from_ip == ip
+    assert parsed.by_host == "mx.example.net"

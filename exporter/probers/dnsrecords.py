@@ -2,7 +2,9 @@
 
 Each ``parse_*`` function takes the text of *one* record (already joined with
 :func:`join_txt`) and returns a frozen :class:`RecordCheck`: ``ok`` and a short,
-bounded ``reason`` for the status page (``"ok"``, ``"missing p= tag"``, ...).
+bounded ``reason`` for the status page (``"ok"``, ``"missing p= tag"``, ...).  A valid
+record may carry a note after the ``ok``, in parentheses (``parse_dmarc``: a report URI
+of an unsupported scheme, ignored).
 Parsers never raise, whatever the input: anything a remote zone publishes is data.
 Parts of a record echoed in a reason are made printable and cut to a few dozen
 characters, so a reason stays bounded.
@@ -431,28 +433,52 @@ _DMARC_POLICIES = ("none", "quarantine", "reject")
 _DMARC_URI_SIZE_RE = re.compile(r"(.+?)(?:!([0-9]+)([kmgtKMGT])?)?")
 
 
-def _dmarc_uris_error(tag: str, value: str) -> str | None:
+_URI_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):[\x21-\x7e]+")
+
+
+def _dmarc_uris(tag: str, value: str) -> tuple[str | None, list[str]]:
+    """Check the DMARC URIs of ``rua``/``ruf`` (RFC 7489 section 6.2 and 6.4).
+
+    Returns (error or None, notes).  ``mailto:`` is the one scheme a receiver must
+    support, so a bad ``mailto:`` URI is an error; a well-formed URI of another scheme
+    is ignored, as section 6.3 says receivers do ("URIs not supported by Mail
+    Receivers MUST be ignored"), and noted.
+    """
     if not value:
-        return f"empty {tag}= tag"
+        return f"empty {tag}= tag", []
+    notes: list[str] = []
     for raw in value.split(","):
         uri = raw.strip(_FWS)
         m = _DMARC_URI_SIZE_RE.fullmatch(uri) if uri else None
         if m is None:
-            return f"empty URI in {tag}="
+            return f"empty URI in {tag}=", []
+        scheme = _URI_SCHEME_RE.fullmatch(m.group(1))
+        if scheme is None:
+            return f"{tag}=: not a URI", []
+        if scheme.group(1).lower() != "mailto":
+            notes.append(f'ignored {tag}= URI of scheme "{_show(scheme.group(1))}"')
+            continue
         err = _mailto_error(m.group(1))
         if err:
-            return f"{tag}=: {err}"
-    return None
+            return f"{tag}=: {err}", []
+    return None, notes
 
 
 def parse_dmarc(text: str) -> RecordCheck:
     """Validate one DMARC policy record (RFC 7489 section 6.3 and 6.4).
 
-    ``v=DMARC1`` must be the first tag and ``p=`` must be present.  ``sp``, ``pct``,
-    ``rua``/``ruf`` (``mailto:`` URIs, optional ``!size``), ``adkim``/``aspf``,
-    ``fo``, ``rf`` and ``ri`` are checked when present; unknown tags are ignored as the
-    RFC requires; a tag given twice makes the record invalid.
+    As section 6.4's ABNF has it (``dmarc-record = dmarc-version dmarc-sep
+    [dmarc-request] ...``; "components other than dmarc-version and dmarc-request may
+    appear in any order"), the record starts with ``v=DMARC1`` itself (no leading
+    white space), and ``p=`` (REQUIRED for policy records, section 6.3) comes right
+    after it.  ``sp``, ``pct``, ``rua``/``ruf`` (URIs with an optional ``!size``),
+    ``adkim``/``aspf``, ``fo``, ``rf`` and ``ri`` are checked when present; unknown
+    tags are ignored as the RFC requires; a tag given twice makes the record invalid.
+    A report URI of a scheme other than ``mailto:`` is ignored (section 6.3): the
+    record stays valid and ``reason`` is ``ok`` followed by a note in parentheses.
     """
+    if text[:1] in tuple(_FWS):
+        return _bad("starts with white space")
     tags = _tag_list(text)
     if isinstance(tags, str):
         return _bad(tags)
@@ -461,6 +487,8 @@ def parse_dmarc(text: str) -> RecordCheck:
     values = {name.lower(): value for name, value in tags}
     if "p" not in values:
         return _bad("missing p= tag")
+    if tags[1][0].lower() != "p":
+        return _bad('p= is not the tag right after "v=DMARC1"')
     for tag in ("p", "sp"):
         if tag in values and values[tag].lower() not in _DMARC_POLICIES:
             return _bad(f'bad {tag}= "{_show(values[tag])}"')
@@ -481,12 +509,18 @@ def parse_dmarc(text: str) -> RecordCheck:
         kws = [k.strip(_FWS) for k in values["rf"].split(":")]
         if not all(re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", k) for k in kws):
             return _bad(f'bad rf= "{_show(values["rf"])}"')
+    notes: list[str] = []
     for tag in ("rua", "ruf"):
         if tag in values:
-            err = _dmarc_uris_error(tag, values[tag])
+            err, tag_notes = _dmarc_uris(tag, values[tag])
             if err:
                 return _bad(err)
-    return _ok((name.lower(), value) for name, value in tags)
+            notes += tag_notes
+    result = _ok((name.lower(), value) for name, value in tags)
+    if notes:
+        more = f", {len(notes) - 1} more" if len(notes) > 1 else ""
+        return RecordCheck(True, f"ok ({notes[0]}{more})", result.fields)
+    return result
 
 
 # --- MTA-STS TXT (RFC 8461 section 3.1) -----------------------------------------------------------

@@ -12,8 +12,13 @@ never raises:
   ``with``, ``id``, ``for``; the first occurrence of each counts.  ``from``, ``by``,
   ``id`` and ``for`` take one token; ``with`` and ``via`` take the words up to the next
   comment or keyword (``with Microsoft SMTP Server``, ``via Frontend Transport``);
-  the address in the comments after ``from`` (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``
-  or a bare address) is kept as ``from_ip``;
+  the connection address is kept as ``from_ip`` (see :func:`_comment_ip`): from the
+  comments after ``from`` (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``, Exim's
+  ``[192.0.2.1]:54321`` with the port dropped, qmail's ``(user@192.0.2.1)`` or a bare
+  address), never from a client's claim (qmail's ``(HELO ...)``, Exim's ``helo=...``),
+  and otherwise from the ``from`` host when it is an address itself (Exim's
+  ``from [192.0.2.1] (helo=...)``).  So Postfix's and Sendmail's
+  ``from [claimed] (rdns [actual])`` reads the actual address;
 * the date is RFC 5322 (with or without weekday, seconds or fractions of seconds,
   two- or four-digit year), its obsolete named zones (``GMT``, ``EST``, ``PDT``, ``Z``...),
   ``asctime`` style (``Mon Nov 20 10:15:42 2023``) or ISO 8601.  A numeric offset
@@ -127,7 +132,11 @@ _ASCTIME_RE = re.compile(
 _ISO_RE = re.compile(
     r"(?P<y>\d{4})-(?P<mo>\d{2})-(?P<d>\d{2})[T\s]" + _TIME + r"\s*(?P<zone>Z\b|[+-]\d{2}:?\d{2}|[A-Za-z]{1,5}\b)?"
 )
-_BRACKET_IP_RE = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]{2,45})\]")
+# An address literal; Exim appends ":<port>" when port logging is on ("[192.0.2.1]:54321").
+_BRACKET_IP_RE = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]{2,45})\](?::[0-9]{1,5})?")
+# A client's claimed name, not its address: qmail's "(HELO name)", Exim's "helo=name".
+_HELO_COMMENT_RE = re.compile(r"E?HELO\s", re.IGNORECASE)
+_HELO_ARG_RE = re.compile(r"\bhelo=\S*", re.IGNORECASE)
 _BARE_IP_RE = re.compile(r"(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7})")
 _LABEL_BAD_RE = re.compile(r"[^a-z0-9._:\[\]-]")
 _WS_RE = re.compile(r"\s+")
@@ -344,6 +353,25 @@ def _ip_in(text: str) -> str | None:
     return text if _BARE_IP_RE.fullmatch(text) else None
 
 
+def _comment_ip(comment: str) -> str | None:
+    """The connection address in one comment after ``from``, or None.
+
+    * Postfix, Sendmail, OpenSMTPD, Gmail...: ``(rdns [192.0.2.1])``, ``([192.0.2.1])``;
+    * Exim (``$sender_rcvhost``): ``([192.0.2.1]:54321 helo=name)``; the ``helo=``
+      argument is the client's claim and is skipped, even when it is a literal;
+    * qmail-smtpd (``received.c``): ``(remoteinfo@192.0.2.1)`` or ``(192.0.2.1)``;
+      ``(HELO name)`` is the client's claim;
+    * Exchange: ``(192.0.2.1)`` or ``(2001:db8::1)``.
+    """
+    if _HELO_COMMENT_RE.match(comment):
+        return None
+    comment = _HELO_ARG_RE.sub(" ", comment)
+    ip = _ip_in(comment)
+    if ip is None and "@" in comment:
+        ip = _ip_in(comment.rpartition("@")[2]) if not any(c.isspace() for c in comment.strip()) else None
+    return ip
+
+
 # --- Received --------------------------------------------------------------------------------------
 
 
@@ -380,7 +408,7 @@ def _parse_received(value: str) -> Received:
             k2, t2 = tokens[j]
             if k2 == "comment":
                 if key == "from" and comment_ip is None:
-                    comment_ip = _ip_in(t2)
+                    comment_ip = _comment_ip(t2)
                 if words and key not in _ONE_TOKEN:
                     break  # "with esmtps (TLS1.3) tls ...": the protocol ends at the comment
                 j += 1
@@ -393,9 +421,9 @@ def _parse_received(value: str) -> Received:
             fields[key] = " ".join(words)
         i = j
     from_host = _clean_host(fields.get("from", ""))
-    # "from [192.0.2.1] (helo=[10.0.0.1])": the address the server saw is the bracketed host
-    host_ip = _ip_in(from_host) if from_host else None
-    from_ip = host_ip if host_ip is not None and from_host and from_host.startswith("[") else comment_ip or host_ip
+    # The address in the comments is the one the server saw ("from [claimed] (rdns [actual])");
+    # without one, the host itself when it is an address (Exim: "from [192.0.2.1] (helo=name)").
+    from_ip = comment_ip or (_ip_in(from_host) if from_host else None)
     return Received(
         from_host=from_host,
         from_ip=from_ip,

@@ -498,13 +498,6 @@ def wait_until(what: str, cond: Callable[[], bool], deadline: float, proc: subpr
         time.sleep(0.2)
 
 
-# ``python -m exporter``, with every log parser imported first: exporter.checks.logs does not
-# import the parser modules yet (they register on import), so a plain ``python -m exporter``
-# would fail with KeyError: 'postfix'.  Harmless once it does.
-LAUNCH = (
-    "import sys; import exporter.logs.postfix, exporter.logs.dovecot, exporter.logs.exim; "
-    "from exporter.cli import main; sys.exit(main())"
-)
 WARMUP = "Nov 29 23:59:59 mx1 postfix/smtpd[999]: connect from warmup.example[192.0.2.99]\n"
 
 
@@ -573,8 +566,8 @@ def run_ours(src: Path, times: int, lines: int, batch: int, run_dir: Path, timeo
     )
     argv = [
         sys.executable,
-        "-c",
-        LAUNCH,
+        "-m",
+        "exporter",
         f"--config.file={cfg}",
         f"--web.listen-address=127.0.0.1:{port}",
         f"--storage.path={run_dir / 'data'}",

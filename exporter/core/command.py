@@ -10,10 +10,11 @@ behind.  The callers turn the result into their own error types and reason label
 
 from __future__ import annotations
 
-__all__ = ["CommandFailed", "CommandResult", "read_capped", "run_capped", "run_for_value"]
+__all__ = ["CommandFailed", "CommandResult", "read_capped", "run_capped", "run_for_value", "spawned"]
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from exporter.core.errors import Failure
@@ -39,8 +40,10 @@ class CommandResult:
         return first[0][:200] if first else "no message"
 
 
-async def run_capped(argv: list[str] | tuple[str, ...], limit: int) -> CommandResult:
-    """Run ``argv`` with stdin closed; keep ``limit + 1`` bytes of stdout and ``limit`` of stderr.
+@contextlib.asynccontextmanager
+async def spawned(argv: list[str] | tuple[str, ...]) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Start ``argv`` with stdin closed and stdout/stderr piped; on leaving (normally, on an
+    error or on cancellation) kill it if it still runs, and reap it.
 
     Raises FileNotFoundError or PermissionError when the program cannot be started.
     """
@@ -50,17 +53,26 @@ async def run_capped(argv: list[str] | tuple[str, ...], limit: int) -> CommandRe
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    assert proc.stdout is not None and proc.stderr is not None
-    out, err = bytearray(), bytearray()
     try:
-        await asyncio.gather(read_capped(proc.stdout, out, limit + 1), read_capped(proc.stderr, err, limit))
-        returncode = await proc.wait()
+        yield proc
     finally:
         if proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             with contextlib.suppress(Exception):
                 await proc.wait()
+
+
+async def run_capped(argv: list[str] | tuple[str, ...], limit: int) -> CommandResult:
+    """Run ``argv`` with stdin closed; keep ``limit + 1`` bytes of stdout and ``limit`` of stderr.
+
+    Raises FileNotFoundError or PermissionError when the program cannot be started.
+    """
+    async with spawned(argv) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        out, err = bytearray(), bytearray()
+        await asyncio.gather(read_capped(proc.stdout, out, limit + 1), read_capped(proc.stderr, err, limit))
+        returncode = await proc.wait()
     return CommandResult(returncode, bytes(out), bytes(err))
 
 

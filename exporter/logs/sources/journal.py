@@ -71,7 +71,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from exporter.config import JournalLog
-from exporter.core.command import read_capped
+from exporter.core.command import read_capped, spawned
 from exporter.logs.position import PositionStore
 from exporter.logs.record import LogRecord
 from exporter.logs.sources import SOURCES, LogSourceError
@@ -353,54 +353,47 @@ class JournalSource:
             )
         self._matched = True  # entries exist, all of them match, none is new
 
+    async def _take(
+        self, stdout: asyncio.StreamReader, max_entries: int, take: Callable[[bytes | Skipped], None]
+    ) -> bool:
+        """Hand entries of journalctl's output to ``take`` until its end or ``max_entries``;
+        True when stopped at ``max_entries`` (journalctl is then still running)."""
+        splitter = _Splitter(MAX_ENTRY)
+        count = 0
+        while chunk := await stdout.read(_CHUNK):
+            for item in splitter.feed(chunk):
+                take(item)
+                count += 1
+                if count >= max_entries:
+                    return True
+        return False
+
     async def _run(
         self, argv: list[str], max_entries: int, take: Callable[[bytes | Skipped], None], *, cursor_given: bool
     ) -> None:
         """Run journalctl, hand at most ``max_entries`` entries to ``take``; raise on its failure."""
         name = self.cfg.journalctl
+        stderr = bytearray()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
+            async with spawned(argv) as proc:
+                assert proc.stdout is not None and proc.stderr is not None
+                err_task = asyncio.create_task(read_capped(proc.stderr, stderr, _STDERR))
+                try:
+                    stopped = await self._take(proc.stdout, max_entries, take)
+                    if stopped and proc.returncode is None:
+                        with contextlib.suppress(ProcessLookupError):
+                            proc.kill()
+                    returncode = await proc.wait()
+                    await err_task
+                finally:
+                    if not err_task.done():
+                        err_task.cancel()
+                        with contextlib.suppress(BaseException):
+                            await err_task
         except FileNotFoundError:
             raise LogSourceError("command", f"journalctl not found: {name}") from None
         except PermissionError as exc:
             raise LogSourceError("command", f"cannot run {name}: {exc.strerror}") from None
-        assert proc.stdout is not None and proc.stderr is not None
-        stderr = bytearray()
-        err_task = asyncio.create_task(read_capped(proc.stderr, stderr, _STDERR))
-        splitter = _Splitter(MAX_ENTRY)
-        count = 0
-        stopped = False
-        try:
-            while not stopped:
-                chunk = await proc.stdout.read(_CHUNK)
-                if not chunk:
-                    break
-                for item in splitter.feed(chunk):
-                    take(item)
-                    count += 1
-                    if count >= max_entries:
-                        stopped = True
-                        break
-            if stopped:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            returncode = await proc.wait()
-            await err_task
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                with contextlib.suppress(Exception):
-                    await proc.wait()
-            if not err_task.done():
-                err_task.cancel()
-                with contextlib.suppress(BaseException):
-                    await err_task
         if _HINT in stderr.decode("utf-8", "replace"):
             raise LogSourceError(
                 "permission",

@@ -152,6 +152,41 @@ class Board:
         kw.setdefault("options", {"showValue": "auto", "mergeValues": True})
         self.panel("state-timeline", title, description, unit, targets, **kw)
 
+    def table(
+        self,
+        title: str,
+        description: str,
+        targets: list[Json],
+        columns: dict[str, str],
+        *,
+        overrides: list[Json] | None = None,
+        **kw: Any,
+    ) -> None:
+        """Instant queries joined on their common labels into one row per label set.
+
+        ``columns`` names the value column of each target by refId (``{"B": "policy ok"}``);
+        a target whose refId is not in it only contributes its labels (its value is hidden).
+        ``overrides`` refer to the columns by those names.
+        """
+        for t in targets:
+            t.update(format="table", instant=True, range=False)
+        refs = [chr(ord("A") + i) for i in range(len(targets))]
+        hidden = {"Time": True, **{f"Value #{r}": True for r in refs if r not in columns}}
+        kw.setdefault("options", {"cellHeight": "sm", "footer": {"show": False}, "showHeader": True})
+        self.panel("table", title, description, "none", targets, **kw)
+        panel = self.panels[-1]
+        panel["transformations"] = [
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": hidden,
+                    "renameByName": {f"Value #{r}": name for r, name in columns.items()},
+                },
+            },
+        ]
+        panel["fieldConfig"]["overrides"] = overrides or []
+
     def heatmap(self, title: str, description: str, unit: str, targets: list[Json], **kw: Any) -> None:
         kw.setdefault(
             "options",
@@ -279,6 +314,23 @@ def _by(labels: str, expr: str, agg: str = "max") -> str:
 
 def _rate_sum(labels: str, metric: str, extra: str = "", fn: str = "increase") -> str:
     return f"sum by ({labels}) ({fn}({sel(metric, extra)}[$__rate_interval]))"
+
+
+def _column(name: str, *properties: Json) -> Json:
+    """A field override of one table column, by its (renamed) name."""
+    return {"matcher": {"id": "byName", "options": name}, "properties": list(properties)}
+
+
+def _mapped(*values: tuple[str, str, str | None]) -> Json:
+    """Value mappings (value, text, colour) shown as coloured cells."""
+    options: Json = {}
+    for i, (value, text, color) in enumerate(values):
+        options[value] = {"index": i, "text": text, **({"color": color} if color else {})}
+    return {"id": "mappings", "value": [{"type": "value", "options": options}]}
+
+
+_CELL_COLOURED = {"id": "custom.cellOptions", "value": {"type": "color-background"}}
+_CELL_SECONDS = {"id": "unit", "value": "s"}
 
 
 def _quantile(q: float) -> str:
@@ -781,7 +833,11 @@ def continuity() -> Board:
 
 
 def domain() -> Board:
-    b = Board("domain", "Mail: domain and endpoint detail", "Per domain, MX and endpoint: up, phases, TLS, DNS, DNSBL.")
+    b = Board(
+        "domain",
+        "Mail: domain and endpoint detail",
+        "Per domain, MX and endpoint: up, phases, TLS, transport policy, DNSSEC, DNS, DNSBL.",
+    )
     b.query_variable("domain", f"label_values({sel('mail_mx_records')}, domain)")
     b.query_variable("check", f"label_values({sel('mail_probe_phase_duration_seconds')}, check)")
     dom = 'domain=~"$domain"'
@@ -855,6 +911,62 @@ def domain() -> Board:
         [target(sel("mail_tls_cert_valid", chk), "{{target}}")],
         w=12,
         steps=thresholds((None, "red"), (1, "green")),
+    )
+    b.row("Transport policy and DNSSEC")
+    policy = sel("mail_mx_policy", dom)
+    b.table(
+        "MX transport policy",
+        "Per MX host: the policy it is judged under (dane, mta_sts_enforce, mta_sts_testing, opportunistic, strict), "
+        "whether it meets its domain's published policy (mail_mx_policy_ok; also in testing mode, and 1 when "
+        "nothing is published), and whether its certificate chain matches its DNSSEC-validated TLSA records "
+        "(no TLSA: the host has none). A failure under dane, mta_sts_enforce or strict makes the MX unhealthy.",
+        [
+            target(_by("domain, mx, policy", policy)),
+            target(_by("domain, mx", sel("mail_mx_policy_ok", dom), "min")),
+            target(f"{_by('domain, mx', sel('mail_mx_tlsa_match', dom), 'min')} or -1 * {_by('domain, mx', policy)}"),
+        ],
+        {"B": "policy ok", "C": "TLSA match"},
+        overrides=[
+            _column("policy ok", _mapped(("0", "fails", "red"), ("1", "ok", "green")), _CELL_COLOURED),
+            _column(
+                "TLSA match",
+                _mapped(("-1", "no TLSA", None), ("0", "mismatch", "red"), ("1", "match", "green")),
+                _CELL_COLOURED,
+            ),
+        ],
+    )
+    b.table(
+        "MTA-STS policy",
+        "Per domain with an MTA-STS policy in force: its mode (enforce, testing, none), whether the last fetch "
+        "of https://mta-sts.<domain>/.well-known/mta-sts.txt succeeded (a failed fetch keeps the cached policy), "
+        "the time since the policy in force was fetched, and its max_age (how long senders cache it).",
+        [
+            target(_by("domain, mode", sel("mail_mta_sts_policy_mode", dom)) + " == 1"),
+            target(_by("domain", sel("mail_mta_sts_policy_fetch_ok", dom), "min")),
+            target(_by("domain", sel("mail_mta_sts_policy_age_seconds", dom))),
+            target(_by("domain", sel("mail_mta_sts_policy_max_age_seconds", dom))),
+        ],
+        {"B": "fetch ok", "C": "policy age", "D": "max_age"},
+        overrides=[
+            _column("fetch ok", _mapped(("0", "failing", "red"), ("1", "ok", "green")), _CELL_COLOURED),
+            _column("policy age", _CELL_SECONDS),
+            _column("max_age", _CELL_SECONDS),
+        ],
+    )
+    b.table(
+        "DNSSEC per record",
+        "Per checked record (mx, mta_sts, tlsa:<mx host>): validated is the AD bit from the validating resolver "
+        "(no for an unsigned zone, and always no behind a resolver that does not validate); bogus is SERVFAIL "
+        "while the same query with checking disabled is answered: validating senders refuse the record.",
+        [
+            target(_by("domain, record", sel("mail_dns_dnssec_validated", dom), "min")),
+            target(_by("domain, record", sel("mail_dns_dnssec_bogus", dom))),
+        ],
+        {"A": "validated", "B": "bogus"},
+        overrides=[
+            _column("validated", _mapped(("0", "no", None), ("1", "yes", "green")), _CELL_COLOURED),
+            _column("bogus", _mapped(("0", "no", "green"), ("1", "BOGUS", "red")), _CELL_COLOURED),
+        ],
     )
     b.row("DNS and DNSBL")
     b.states(

@@ -227,6 +227,11 @@ class Settings:
                 "MailTlsCertificateExpiryCritical": "15m",
                 "MailTlsCertificateInvalid": "15m",
                 "MailDnsRecordBroken": "15m",
+                "MailMxTlsPolicyFailing": "10m",
+                "MailMtaStsTestingWouldFail": "30m",
+                "MailDaneTlsaMismatch": "5m",
+                "MailMtaStsPolicyUnreachable": "30m",
+                "MailDnssecBogus": "5m",
                 "MailDnsblListed": "10m",
                 "MailDnsblLookupsFailing": "30m",
                 "MailQueueBacklog": "15m",
@@ -715,9 +720,9 @@ class Builder:
             "domain",
             f"{sel('mail_mx_healthy')} == 0\nand on (job, instance, domain)\n{sel('mail_mx_records')} > 0",
             "No MX host of a mail domain accepts mail: inbound mail is not delivered.",
-            "None of the MX hosts of {{ $labels.domain }} has accepted an SMTP connection for "
-            f"{held('MailMxAllDown')}, seen from {{{{ $labels.instance }}}}. Senders queue and retry; "
-            "after their queue lifetime mail bounces.",
+            "None of the MX hosts of {{ $labels.domain }} has been healthy (SMTP dialog and the domain's "
+            f"transport policy) for {held('MailMxAllDown')}, seen from {{{{ $labels.instance }}}}. Senders queue "
+            "and retry; after their queue lifetime mail bounces.",
         )
         add(
             "MailMxRedundancyLow",
@@ -781,8 +786,8 @@ class Builder:
             f"{sel('mail_tls_cert_valid', s.tls_invalid_matchers)} == 0",
             "A mail server presents a certificate that does not verify.",
             "The {{ $labels.protocol }} certificate of {{ $labels.check }} ({{ $labels.target }}) has failed "
-            f"chain or host name verification for {held('MailTlsCertificateInvalid')}. Clients and MTA-STS "
-            "senders refuse it.",
+            f"chain or host name verification for {held('MailTlsCertificateInvalid')}. Clients that verify "
+            "certificates refuse it; for an MX host, see the policy it is judged under (mail_mx_policy).",
         )
         add(
             "MailDnsRecordBroken",
@@ -793,6 +798,70 @@ class Builder:
             "A mail DNS record (MX, SPF, DMARC, MTA-STS, TLS-RPT or DKIM) is missing or malformed.",
             "The {{ $labels.record }} record of {{ $labels.domain }} has been missing or malformed for "
             f"{held('MailDnsRecordBroken')}.",
+        )
+        # --- MX transport policy (DANE, MTA-STS) and DNSSEC: docs/metrics.md#mx-transport-policy
+        mx_key = "on (job, instance, domain, mx)"
+        policy_ok = sel("mail_mx_policy_ok")
+        add(
+            "MailMxTlsPolicyFailing",
+            g,
+            "warning",
+            "domain",
+            (
+                f"{policy_ok} == 0\nand {mx_key}\n"
+                f"{sel('mail_mx_policy', match('policy', 'dane|mta_sts_enforce|strict'))} == 1"
+            ),
+            "An MX host fails the TLS policy its domain enforces: senders that honour the policy skip it.",
+            "MX {{ $labels.mx }} of {{ $labels.domain }} has not met the TLS requirements of the policy it is "
+            f"judged under (DANE, MTA-STS enforce, or strict in the config) for {held('MailMxTlsPolicyFailing')}, "
+            "seen from {{ $labels.instance }}. It does not count as healthy; the reason (tls_policy, dane_mismatch, "
+            "dnssec, tls) is in mail_probe_failures_total and on the exporter's status page (/).",
+        )
+        add(
+            "MailMtaStsTestingWouldFail",
+            g,
+            "info",
+            "domain",
+            f"{policy_ok} == 0\nand {mx_key}\n{sel('mail_mx_policy', eq('policy', 'mta_sts_testing'))} == 1",
+            "An MX host fails its domain's MTA-STS policy in testing mode: switching to enforce would stop its mail.",
+            "MX {{ $labels.mx }} of {{ $labels.domain }} has not met the domain's MTA-STS policy (mode testing) for "
+            f"{held('MailMtaStsTestingWouldFail')}: STARTTLS, the certificate or the policy's mx patterns. Senders "
+            "only report it (TLS-RPT) and still deliver; with mode enforce they would not deliver to this MX.",
+        )
+        add(
+            "MailDaneTlsaMismatch",
+            g,
+            "critical",
+            "domain",
+            f"{sel('mail_mx_tlsa_match')} == 0",
+            "The certificate of an MX host does not match its TLSA records: DANE senders defer all mail to it.",
+            "The certificate chain presented by MX {{ $labels.mx }} of {{ $labels.domain }} has matched none of its "
+            f"DNSSEC-validated TLSA records for {held('MailDaneTlsaMismatch')}, seen from {{{{ $labels.instance }}}}. "
+            "Usually the certificate was renewed with a new key before its TLSA record was published.",
+        )
+        add(
+            "MailMtaStsPolicyUnreachable",
+            g,
+            "warning",
+            "domain",
+            f"{sel('mail_mta_sts_policy_fetch_ok')} == 0",
+            "The MTA-STS policy of a mail domain cannot be fetched over HTTPS.",
+            "https://mta-sts.{{ $labels.domain }}/.well-known/mta-sts.txt has not been fetched for "
+            f"{held('MailMtaStsPolicyUnreachable')}, seen from {{{{ $labels.instance }}}}, while "
+            "_mta-sts.{{ $labels.domain }} publishes a TXT record. Senders keep a cached policy until its max_age "
+            "runs out; senders without one deliver without MTA-STS, and a new policy id reaches nobody.",
+        )
+        add(
+            "MailDnssecBogus",
+            g,
+            "critical",
+            "domain",
+            f"{sel('mail_dns_dnssec_bogus')} == 1",
+            "A mail DNS record fails DNSSEC validation: validating resolvers refuse to answer it.",
+            "The {{ $labels.record }} record of {{ $labels.domain }} has failed DNSSEC validation for "
+            f"{held('MailDnssecBogus')} (SERVFAIL, answered with checking disabled), seen from "
+            "{{ $labels.instance }}. Senders behind validating resolvers do not get it: mx, they queue all mail "
+            "for the domain; tlsa:<mx>, DANE senders defer mail to that MX; mta_sts, they do not see the policy.",
         )
         add(
             "MailDnsblListed",

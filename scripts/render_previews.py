@@ -111,6 +111,56 @@ def series(panel: dict[str, Any], args: argparse.Namespace, start: float, end: f
     return out
 
 
+def table_rows(panel: dict[str, Any], args: argparse.Namespace, end: float) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of a table panel: its instant queries joined on their common labels
+    (Grafana's merge), value columns renamed and hidden as its organize step says, values shown
+    through the value mappings and units of its column overrides."""
+    organize: dict[str, Any] = next(
+        (t["options"] for t in panel.get("transformations", []) if t["id"] == "organize"), {}
+    )
+    names: dict[str, str] = organize.get("renameByName", {})
+    hidden = {k for k, v in organize.get("excludeByName", {}).items() if v}
+    mappings: dict[str, dict[str, str]] = {}
+    units: dict[str, str] = {}
+    for o in panel.get("fieldConfig", {}).get("overrides", []):
+        column = o["matcher"]["options"]
+        for prop in o["properties"]:
+            if prop["id"] == "mappings":
+                mappings[column] = {k: v["text"] for m in prop["value"] for k, v in m["options"].items()}
+            elif prop["id"] == "unit":
+                units[column] = prop["value"]
+    label_columns: list[str] = []
+    value_columns: list[str] = []
+    rows: list[dict[str, str]] = []
+    for t in panel["targets"]:
+        raw = f"Value #{t['refId']}"
+        column = names.get(raw, raw)
+        if raw not in hidden:
+            value_columns.append(column)
+        for r in query(args.prometheus, substitute(t["expr"], args), instant=True, start=end, end=end, step=1):
+            labels = {k: v for k, v in r["metric"].items() if k != "__name__"}
+            label_columns += [k for k in labels if k not in label_columns]
+            row = next((row for row in rows if all(row.get(k) == v for k, v in labels.items())), None)
+            if row is None:
+                row = dict(labels)
+                rows.append(row)
+            value = float(r["value"][1])
+            row[column] = mappings.get(column, {}).get(f"{value:g}", fmt_value(value, units.get(column, "none")))
+    header = label_columns + value_columns
+    return header, [[row.get(c, "") for c in header] for row in rows]
+
+
+def draw_table(ax: Any, panel: dict[str, Any], header: list[str], rows: list[list[str]]) -> None:
+    ax.set_title(panel["title"], fontsize=9, loc="left", fontweight="bold")
+    ax.axis("off")
+    if not rows:
+        ax.text(0.5, 0.5, "No data", ha="center", va="center", transform=ax.transAxes, color="grey")
+        return
+    table = ax.table(cellText=rows[:12], colLabels=header, loc="upper center", cellLoc="left")
+    table.auto_set_font_size(False)
+    table.set_fontsize(7)
+
+
 def draw_panel(ax: Any, panel: dict[str, Any], data: list[Any], unit: str) -> None:
     import matplotlib.dates as mdates
     import numpy as np
@@ -233,6 +283,9 @@ def render(uid: str, args: argparse.Namespace) -> Path:
                 g["h"] * unit_h - 2 * pad_y,
             )
         )
+        if p["type"] == "table":
+            draw_table(ax, p, *table_rows(p, args, end))
+            continue
         unit = p["fieldConfig"]["defaults"].get("unit", "short")
         draw_panel(ax, p, series(p, args, start, end, step), unit)
     out = Path(args.out) / f"{uid}.png"

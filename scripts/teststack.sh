@@ -102,10 +102,32 @@
 # "stop dovecot" stops all of Dovecot (IMAP, LMTP, auth); "start dovecot"
 # keeps the current LMTP on/off state; "up" turns everything on.
 #
-# Unbound: only local data (zones example.test, good.test, badspf.test,
-# baddmarc.test, notlsrpt.test, nomx.test, dnsbl.test under a static "test."
-# zone, see gen_unbound); other .test names are NXDOMAIN and everything
-# outside .test is REFUSED ("local-zone: . refuse"), so it never recurses.
+# Unbound: local data (zones example.test, good.test, badspf.test,
+# baddmarc.test, notlsrpt.test, nomx.test, dnsbl.test, sts.test under a static
+# "test." zone, see gen_unbound) plus two DNSSEC-signed zones (gen_dnssec);
+# other .test names are NXDOMAIN and everything outside .test is REFUSED
+# ("local-zone: . refuse"), so it never recurses.  Local data is unsigned:
+# answers never carry AD.
+#   sts.test (MTA-STS): MX 10 mx1.example.test, _mta-sts TXT
+#     "v=STSv1; id=20261207T000000;", mta-sts.sts.test A 127.0.0.1.  No policy
+#     server runs: a test serves https://mta-sts.sts.test/.well-known/mta-sts.txt
+#     itself, on 127.0.0.1 at a port of its own, with the "mtasts" certificate.
+#   dnssec.test and bogus.test are signed at "up" (ldns-keygen -a
+#   ECDSAP256SHA256, one KSK and one ZSK per zone, ldns-signzone with NSEC,
+#   signatures valid from now for 4 weeks), served as auth-zones to Unbound's
+#   own iterator and validated (module-config "validator iterator", a
+#   trust-anchor-file with each zone's KSK).  P is the self-signed port (2527).
+#     dnssec.test: MX 10 mx.dnssec.test (A 127.0.0.1), _P._tcp.mx TLSA 3 1 1
+#       SHA-256 of the selfsigned cert's SPKI (matches what P presents);
+#       mismatch.dnssec.test MX 10 mxbad.dnssec.test (A 127.0.0.1), _P._tcp.mxbad
+#       TLSA 3 1 1 of the valid cert's key (does not match P);
+#       nodane.dnssec.test MX 10 mxplain.dnssec.test (A 127.0.0.1), no TLSA
+#       (validated NXDOMAIN).  Every answer carries AD.
+#     bogus.test: MX 10 mx.bogus.test (A 127.0.0.1), _P._tcp.mx.bogus.test TLSA
+#       3 1 1 of the selfsigned key, whose RRSIG is corrupted: that TLSA query
+#       is SERVFAIL (NOERROR with the record when CD is set); MX and A
+#       validate (AD).
+#   Files: $MCE_STACK_DIR/unbound/dnssec/{ZONE.zone,ZONE.signed,ZONE.anchor,keys/}.
 #
 # Prometheus: scrape/evaluation interval 5s, rule_files
 # $MCE_STACK_DIR/prometheus/rules/*.yml, scrape job "mail" from file_sd
@@ -122,11 +144,16 @@
 #   smtp_selfsigned, smtp_wronghost, submission, smtps, imap, imaps, lmtp,
 #   dovecot_auth, dns, prometheus, alertmanager, dead_relay},
 #   dead_relay {host, port}, dead_mx {hostname, host, port},
-#   certs {ca|valid|expired|selfsigned|wronghost: {cert, key, chain,
-#          not_before, not_after, subject_cn, sans}}  (timestamps: Unix seconds),
+#   certs {ca|valid|expired|selfsigned|wronghost|mtasts: {cert, key, chain,
+#          not_before, not_after, subject_cn, sans}}  (timestamps: Unix seconds;
+#          mtasts: CA-issued, CN and only SAN mta-sts.sts.test),
 #   postfix {config_dir, queue_dir, data_dir, log},
 #   dovecot {config, base_dir, log, users_file, mail_dir, home_dir, sieve_before},
-#   mail_dir, unbound {config, log, pid_file, host, port, zones},
+#   mail_dir, unbound {config, log, pid_file, host, port, zones (the static ones)},
+#   dnssec {zones ["dnssec.test", "bogus.test"], tlsa_port (P = smtp_selfsigned),
+#           trust_anchors [.../unbound/dnssec/ZONE.anchor, one per zone],
+#           signed_dir (.../unbound/dnssec)},
+#   mta_sts {domain "sts.test", policy_host "mta-sts.sts.test", cert "mtasts"},
 #   prometheus {url, config, rules_dir, targets_dir, data_dir, log},
 #   alertmanager {url, config, data_dir, log, webhook_url},
 #   logs {postfix, dovecot, unbound, prometheus, alertmanager},
@@ -177,8 +204,10 @@ USERS=(probe@example.test ops@example.test archive@archive.example.test replica@
 SERVICES=(postfix dovecot lmtp unbound prometheus alertmanager)
 PACKAGES=(postfix dovecot-imapd dovecot-lmtpd dovecot-sieve unbound prometheus prometheus-alertmanager openssl
     prometheus-blackbox-exporter prometheus-postfix-exporter iproute2  # these three: benchmarks only
-    systemd-journal-remote)  # writes the real journal files of tests/test_logs_journal.py
-BINARIES=(postfix postconf postqueue postsuper dovecot doveadm doveconf sievec unbound unbound-checkconf prometheus prometheus-alertmanager openssl python3)
+    systemd-journal-remote  # writes the real journal files of tests/test_logs_journal.py
+    ldnsutils)  # ldns-keygen/ldns-signzone: the DNSSEC-signed zones (gen_dnssec)
+BINARIES=(postfix postconf postqueue postsuper dovecot doveadm doveconf sievec unbound unbound-checkconf prometheus prometheus-alertmanager openssl python3
+    ldns-keygen ldns-signzone)
 
 MARKER_NAME=.mce-teststack
 # Serialises up/down/start/stop of concurrent callers (e.g. pytest-xdist
@@ -208,6 +237,9 @@ UB_CONF="$UB_DIR/unbound.conf"
 UB_PID="$UB_DIR/unbound.pid"
 UB_LOG="$UB_DIR/unbound.log"
 UB_START_LOG="$UB_DIR/start.log"
+# DNSSEC-signed zones (gen_dnssec): zone files, keys and trust anchors
+DNSSEC_DIR="$UB_DIR/dnssec"
+DNSSEC_ZONES=(dnssec.test bogus.test)
 PROM_DIR="$STACK_DIR/prometheus"
 PROM_CONF="$PROM_DIR/prometheus.yml"
 PROM_DATA="$PROM_DIR/data"
@@ -888,6 +920,101 @@ EOF
     }
 }
 
+# The DNSSEC-signed zones dnssec.test and bogus.test, served by Unbound as
+# auth-zones (see gen_unbound) and validated against their own trust anchors.
+# Needs the certificates (the TLSA records hold their SPKI digests), so it
+# runs after gen_certs and before gen_unbound.  Writes into $DNSSEC_DIR:
+#   ZONE.zone     the unsigned zone
+#   ZONE.signed   the zone signed with ldns-signzone (NSEC, signatures valid
+#                 from now for ldns-signzone's default 4 weeks); for bogus.test
+#                 the RRSIG over the TLSA RRset is then corrupted
+#   ZONE.anchor   the zone's KSK (DNSKEY, flags 257): Unbound's trust-anchor-file
+#   keys/         KZONE.+013+TAG.{key,private,ds} from ldns-keygen
+#                 (ECDSAP256SHA256, one KSK and one ZSK per zone)
+# File names carry no key tags, so unbound.conf and stack.json do not change
+# from one "up" to the next.
+gen_dnssec() {
+    local zone ksk zsk
+    mkdir -p "$DNSSEC_DIR/keys"
+    chmod 0700 "$DNSSEC_DIR/keys"
+    python3 - "$DNSSEC_DIR" "$CERT_DIR" "$PORT_SMTP_SELFSIGNED" <<'PY'
+import hashlib, sys
+from pathlib import Path
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+out, certs, port = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+
+def spki_sha256(name):
+    """TLSA 3 1 1 data: SHA-256 of the DER SubjectPublicKeyInfo of CERT_DIR/NAME.pem."""
+    cert = x509.load_pem_x509_certificate((certs / f"{name}.pem").read_bytes())
+    spki = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(spki).hexdigest()
+
+selfsigned, valid = spki_sha256("selfsigned"), spki_sha256("valid")
+# mismatch.dnssec.test must name a key that port `port` (selfsigned cert) does not present
+if selfsigned == valid:
+    sys.exit("gen_dnssec: the selfsigned and valid certificates share a key")
+
+def zone(origin, records):
+    head = [
+        f"{origin}. 300 IN SOA ns.{origin}. hostmaster.{origin}. 1 3600 600 86400 60",
+        f"{origin}. 300 IN NS ns.{origin}.",
+        f"ns.{origin}. 300 IN A 127.0.0.1",
+    ]
+    (out / f"{origin}.zone").write_text("\n".join(head + records) + "\n")
+
+zone("dnssec.test", [
+    # DANE that matches: the TLSA names the key of the selfsigned cert on `port`
+    "dnssec.test. 300 IN MX 10 mx.dnssec.test.",
+    "mx.dnssec.test. 300 IN A 127.0.0.1",
+    f"_{port}._tcp.mx.dnssec.test. 300 IN TLSA 3 1 1 {selfsigned}",
+    # DANE that does not match: the TLSA names the key of the valid cert
+    "mismatch.dnssec.test. 300 IN MX 10 mxbad.dnssec.test.",
+    "mxbad.dnssec.test. 300 IN A 127.0.0.1",
+    f"_{port}._tcp.mxbad.dnssec.test. 300 IN TLSA 3 1 1 {valid}",
+    # signed, but no TLSA (validated NXDOMAIN)
+    "nodane.dnssec.test. 300 IN MX 10 mxplain.dnssec.test.",
+    "mxplain.dnssec.test. 300 IN A 127.0.0.1",
+])
+zone("bogus.test", [
+    "bogus.test. 300 IN MX 10 mx.bogus.test.",
+    "mx.bogus.test. 300 IN A 127.0.0.1",
+    f"_{port}._tcp.mx.bogus.test. 300 IN TLSA 3 1 1 {selfsigned}",
+])
+PY
+    for zone in "${DNSSEC_ZONES[@]}"; do
+        ksk=$(cd "$DNSSEC_DIR/keys" && ldns-keygen -a ECDSAP256SHA256 -k "$zone") ||
+            die "ldns-keygen (KSK) failed for $zone"
+        zsk=$(cd "$DNSSEC_DIR/keys" && ldns-keygen -a ECDSAP256SHA256 "$zone") ||
+            die "ldns-keygen (ZSK) failed for $zone"
+        cp "$DNSSEC_DIR/keys/$ksk.key" "$DNSSEC_DIR/$zone.anchor"
+        ldns-signzone -f "$DNSSEC_DIR/$zone.signed" "$DNSSEC_DIR/$zone.zone" \
+            "$DNSSEC_DIR/keys/$ksk" "$DNSSEC_DIR/keys/$zsk" || die "ldns-signzone failed for $zone"
+    done
+    # bogus.test: break the signature over the TLSA RRset only, so MX and A
+    # still validate, TLSA is SERVFAIL, and a query with CD set gets the record.
+    python3 - "$DNSSEC_DIR/bogus.test.signed" "_$PORT_SMTP_SELFSIGNED._tcp.mx.bogus.test." <<'PY'
+import base64, sys
+from pathlib import Path
+
+path, owner = Path(sys.argv[1]), sys.argv[2]
+lines, hits = [], 0
+for line in path.read_text().splitlines():
+    f = line.split()
+    # OWNER TTL IN RRSIG TYPE-COVERED ALG LABELS ORIG-TTL EXP INC TAG SIGNER SIGNATURE
+    if len(f) == 13 and f[0] == owner and f[3] == "RRSIG" and f[4] == "TLSA":
+        sig = bytes(b ^ 0x5A for b in base64.b64decode(f[12]))
+        line = "\t".join(f[:12] + [base64.b64encode(sig).decode()])
+        hits += 1
+    lines.append(line)
+if hits != 1:
+    sys.exit(f"gen_dnssec: expected one RRSIG over the TLSA of {owner} in {path}, found {hits}")
+path.write_text("\n".join(lines) + "\n")
+PY
+}
+
 gen_unbound() {
     local zones="$UB_DIR/zones.conf" d
     {
@@ -922,10 +1049,41 @@ gen_unbound() {
         printf 'local-data: "2.0.0.127.dnsbl.test. 300 IN A 127.0.0.2"\n'
         printf "local-data: '2.0.0.127.dnsbl.test. 300 IN TXT \"listed for test\"'\n"
         printf 'local-data: "3.0.0.127.dnsbl.test. 300 IN A 127.255.255.254"\n'
+        # sts.test: MTA-STS.  Tests serve the policy themselves over HTTPS on
+        # 127.0.0.1 (a port of their own) with the "mtasts" certificate.
+        printf 'local-data: "sts.test. 300 IN MX 10 mx1.example.test."\n'
+        printf "local-data: '_mta-sts.sts.test. 300 IN TXT \"v=STSv1; id=20261207T000000;\"'\n"
+        printf 'local-data: "mta-sts.sts.test. 300 IN A 127.0.0.1"\n'
+        # The DNSSEC-signed zones (gen_dnssec) are auth-zones, not local data.
+        # Unbound answers from local zones before it resolves (and validates),
+        # and the most specific local zone wins: without these lines the
+        # static "test." zone answers NXDOMAIN for every name in them.  A
+        # "transparent" local zone with no local-data of its own passes every
+        # query on to the iterator, which takes it from the auth-zone
+        # (for-upstream), and to the validator.
+        for d in "${DNSSEC_ZONES[@]}"; do
+            printf 'local-zone: "%s." transparent\n' "$d"
+        done
     } >"$zones"
 
+    # DNSSEC: only when gen_dnssec has signed the zones (tests/test_teststack_offset.py
+    # runs gen_unbound without certificates, hence without signed zones; Unbound
+    # refuses a config whose zone or trust anchor file is missing).
+    local dnssec_anchors="" dnssec_zones=""
+    if [[ -f $DNSSEC_DIR/${DNSSEC_ZONES[0]}.signed ]]; then
+        dnssec_zones=$'\n# The signed zones, served to the iterator only (for-upstream: yes,'
+        dnssec_zones+=$'\n# for-downstream: no), so that answers pass through the validator; never'
+        dnssec_zones+=$'\n# fetched from anywhere (no primary, fallback-enabled: no).'
+        for d in "${DNSSEC_ZONES[@]}"; do
+            dnssec_anchors+=$(printf '\n    trust-anchor-file: "%s"' "$DNSSEC_DIR/$d.anchor")
+            dnssec_zones+=$(printf '\nauth-zone:\n    name: "%s."\n    zonefile: "%s"' "$d" "$DNSSEC_DIR/$d.signed")
+            dnssec_zones+=$'\n    for-downstream: no\n    for-upstream: yes\n    fallback-enabled: no'
+        done
+    fi
+
     cat >"$UB_CONF" <<EOF
-# Generated by teststack.sh - private Unbound instance, local data only.
+# Generated by teststack.sh - private Unbound instance, local data and
+# local signed zones only.
 server:
     verbosity: 1
     interface: $HOST
@@ -944,14 +1102,19 @@ server:
     log-time-ascii: yes
     do-daemonize: yes
     num-threads: 1
-    module-config: "iterator"
+    # The validator checks the signed zones against their trust anchors
+    # (answers get AD, a broken signature gives SERVFAIL, CD skips the
+    # check).  Local data (the static zones) is never validated: no AD.
+    module-config: "validator iterator"
+    val-log-level: 2
+    trust-anchor-signaling: no${dnssec_anchors}
     # Never recurse: anything outside the local zones is refused, and the
     # outgoing interface is loopback anyway.
     outgoing-interface: $HOST
     local-zone: "." refuse
     include: "$zones"
 remote-control:
-    control-enable: no
+    control-enable: no${dnssec_zones}
 EOF
     unbound-checkconf "$UB_CONF" >"$UB_DIR/checkconf.log" 2>&1 || {
         tail_log "$UB_DIR/checkconf.log"
@@ -1023,6 +1186,7 @@ write_stack_json() {
             "$PORT_AUTH" "$PORT_DNS" "$PORT_PROMETHEUS" "$PORT_ALERTMANAGER" "$PORT_DEAD_RELAY")
     STACK_DIR="$STACK_DIR" SCRIPT_PATH="$SCRIPT_PATH" WEBHOOK_URL="$WEBHOOK_URL" \
         DC_USERS="$DC_USERS" CERT_DIR="$CERT_DIR" UB_DIR="$UB_DIR" PORTS="{$ports}" \
+        DNSSEC_DIR="$DNSSEC_DIR" DNSSEC_ZONES="${DNSSEC_ZONES[*]}" \
         python3 - "$tmp" <<'PY'
 import json, os, sys
 d = os.environ["STACK_DIR"]
@@ -1035,6 +1199,8 @@ with open(os.environ["DC_USERS"]) as fh:
         users[user] = pw.replace("{PLAIN}", "", 1)
 with open(os.path.join(os.environ["CERT_DIR"], "certs.json")) as fh:
     certs = json.load(fh)
+dnssec_dir = os.environ["DNSSEC_DIR"]
+dnssec_zones = os.environ["DNSSEC_ZONES"].split()
 logs = {
     "postfix": f"{d}/postfix/maillog",
     "dovecot": f"{d}/dovecot/dovecot.log",
@@ -1077,8 +1243,15 @@ data = {
         "host": host,
         "port": ports["dns"],
         "zones": ["example.test", "good.test", "badspf.test", "baddmarc.test",
-                  "notlsrpt.test", "nomx.test", "dnsbl.test"],
+                  "notlsrpt.test", "nomx.test", "dnsbl.test", "sts.test"],
     },
+    "dnssec": {
+        "zones": dnssec_zones,
+        "tlsa_port": ports["smtp_selfsigned"],
+        "trust_anchors": [f"{dnssec_dir}/{z}.anchor" for z in dnssec_zones],
+        "signed_dir": dnssec_dir,
+    },
+    "mta_sts": {"domain": "sts.test", "policy_host": "mta-sts.sts.test", "cert": "mtasts"},
     "prometheus": {
         "url": f"http://{host}:{ports['prometheus']}",
         "config": f"{d}/prometheus/prometheus.yml",
@@ -1300,6 +1473,7 @@ cmd_up() {
     ensure_vmail_user
     prepare_stack_dir
     gen_certs
+    gen_dnssec
     gen_passwords
     gen_postfix
     gen_dovecot

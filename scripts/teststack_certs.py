@@ -13,11 +13,13 @@ Writes into OUTDIR (created if missing):
                                   notBefore = now - 30 days, notAfter = now - 1 day
   selfsigned.pem / selfsigned.key self-signed (not from the CA), same SANs, 90 days
   wronghost.pem / wronghost.key   issued by the CA, SAN only wrong.invalid, 90 days
+  mtasts.pem / mtasts.key         issued by the CA, CN and only SAN mta-sts.sts.test
+                                  (the MTA-STS policy host of sts.test), 90 days
   NAME-chain.pem                  leaf followed by the CA (what servers present;
                                   for selfsigned it is just the leaf)
   certs.json                      the description below, also printed on stdout
 
-certs.json maps each name (ca, valid, expired, selfsigned, wronghost) to
+certs.json maps each name (ca, valid, expired, selfsigned, wronghost, mtasts) to
 {"cert", "key", "chain", "not_before", "not_after", "subject_cn", "sans"};
 not_before/not_after are integer Unix timestamps exactly equal to the
 certificate's validity bounds (times are truncated to whole seconds).
@@ -190,6 +192,7 @@ def generate(outdir: Path, now: int | None = None) -> dict[str, dict[str, object
         "expired": ("mx1.example.test", VALID_SANS, now - 30 * DAY, now - DAY, True),
         "selfsigned": ("mx1.example.test", VALID_SANS, now - 3600, now + 90 * DAY, False),
         "wronghost": ("wrong.invalid", ["wrong.invalid"], now - 3600, now + 90 * DAY, True),
+        "mtasts": ("mta-sts.sts.test", ["mta-sts.sts.test"], now - 3600, now + 90 * DAY, True),
     }
 
     result: dict[str, dict[str, object]] = {}

@@ -40,6 +40,8 @@ REQUIRED_BINARIES = (
     "prometheus",
     "prometheus-alertmanager",
     "openssl",
+    "ldns-keygen",
+    "ldns-signzone",
 )
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -192,6 +194,16 @@ class Stack:
     @property
     def dns_server(self) -> tuple[str, int]:
         return self.host, self.port("dns")
+
+    @property
+    def dnssec(self) -> Mapping[str, Any]:
+        """stack.json "dnssec": zones, tlsa_port, trust_anchors, signed_dir."""
+        return _ro(self.raw["dnssec"])
+
+    @property
+    def mta_sts(self) -> Mapping[str, Any]:
+        """stack.json "mta_sts": domain, policy_host, cert (a key of ``certs``)."""
+        return _ro(self.raw["mta_sts"])
 
     # -- outage injection -------------------------------------------------
 

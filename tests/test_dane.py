@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import dns.asyncresolver
 import dns.flags
 import dns.message
+import dns.rcode
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
@@ -292,7 +293,7 @@ def test_no_chain() -> None:
 def test_reasons_fixed() -> None:
     """The reasons are a fixed set (they become label values)."""
     assert set(DANE_REASONS) == {"matched", "dane_mismatch", "no_usable_records", "no_chain"}
-    assert set(LOOKUP_STATUSES) == {"ok", "nxdomain", "nodata", "bogus", "timeout", "error"}
+    assert set(LOOKUP_STATUSES) == {"ok", "nxdomain", "nodata", "servfail", "bogus", "refused", "timeout", "error"}
 
 
 # --- lookup_tlsa ---------------------------------------------------------------------------------
@@ -304,6 +305,7 @@ class AdServer(DnsServer):
     def __init__(self) -> None:
         super().__init__()
         self.ad = False
+        self.bogus = False  # SERVFAIL unless the query sets CD, as a validating resolver does for bad signatures
         self.query_flags: list[tuple[int, int]] = []  # (header flags, EDNS flags)
 
     def respond(self, wire: bytes, *, tcp: bool) -> bytes | None:
@@ -312,6 +314,10 @@ class AdServer(DnsServer):
             self.query_flags.append((query.flags, query.ednsflags))
         except Exception:  # the base class ignores garbage too
             pass
+        if self.bogus and self.query_flags and not self.query_flags[-1][0] & dns.flags.CD:
+            response = dns.message.make_response(dns.message.from_wire(wire))
+            response.set_rcode(dns.rcode.SERVFAIL)
+            return response.to_wire()
         out = super().respond(wire, tcp=tcp)
         if out is None or not self.ad:
             return out
@@ -387,17 +393,26 @@ async def test_lookup_nodata_rfc7672_2_2(server: AdServer) -> None:
     assert (look.status, look.dane_in_use) == ("nodata", False)
 
 
-async def test_lookup_servfail_is_bogus_rfc7672_2_2(server: AdServer) -> None:
-    """RFC 7672 §2.2, RFC 4033 §5: a validating resolver answers SERVFAIL for bogus data: status bogus."""
-    server.set_mode(f"_25._tcp.{MX}", "servfail")
+async def test_lookup_bogus_rfc4035_3_2_2(server: AdServer) -> None:
+    """RFC 4033 §5, RFC 4035 §3.2.2: SERVFAIL, but answered with checking disabled (CD): bogus."""
+    server.bogus = True
     look = await lookup_tlsa(resolver_for(server), MX)
     assert (look.status, look.validated, look.dane_in_use) == ("bogus", False, False)
+    flags = [f for f, _ in server.query_flags]
+    assert len(flags) == 2 and not flags[0] & dns.flags.CD and flags[1] & dns.flags.CD
+
+
+async def test_lookup_servfail_is_not_bogus(server: AdServer) -> None:
+    """SERVFAIL also with checking disabled: the zone's servers failed, not its signatures."""
+    server.set_mode(f"_25._tcp.{MX}", "servfail")
+    look = await lookup_tlsa(resolver_for(server), MX)
+    assert (look.status, look.validated, look.dane_in_use) == ("servfail", False, False)
 
 
 async def test_lookup_refused_is_error(server: AdServer) -> None:
-    """Any other failure is an error, not a validation verdict."""
+    """Any other failure is a failure of its own, not a validation verdict."""
     server.set_mode(f"_25._tcp.{MX}", "refused")
-    assert (await lookup_tlsa(resolver_for(server), MX)).status == "error"
+    assert (await lookup_tlsa(resolver_for(server), MX)).status == "refused"
 
 
 async def test_lookup_timeout(server: AdServer) -> None:

@@ -400,6 +400,21 @@ def test_target_promql_rule_metrics_exist_and_counters_are_rated(uid: str) -> No
                 assert re.search(r"\b(rate|irate|increase)\($", before), f"{title}: counter {name} not rated"
 
 
+@pytest.mark.parametrize("uid", UIDS)
+def test_tables_are_instant_and_their_overrides_name_their_columns(uid: str) -> None:
+    for p in panels(boards()[uid]):
+        if p["type"] != "table":
+            continue
+        assert all(t["instant"] and t["format"] == "table" for t in p["targets"]), p["title"]
+        organize = next(t for t in p["transformations"] if t["id"] == "organize")["options"]
+        columns = set(organize["renameByName"].values())
+        refs = {t["refId"] for t in p["targets"]}
+        assert {k.removeprefix("Value #") for k in organize["renameByName"]} <= refs, p["title"]
+        for o in p["fieldConfig"]["overrides"]:
+            assert o["matcher"] == {"id": "byName", "options": o["matcher"]["options"]}, p["title"]
+            assert o["matcher"]["options"] in columns, (p["title"], o["matcher"]["options"])
+
+
 def test_selector_checker_catches_bad_queries() -> None:
     assert selector_problems('sum by (route) (mail_roundtrip_success{job=~"$job"})') == [
         'mail_roundtrip_success: no instance=~"$instance"'
@@ -505,6 +520,15 @@ def test_issue_content_is_covered() -> None:
             "mail_tls_cert_expiry_timestamp_seconds",
             "mail_dns_record_ok",
             "mail_dnsbl_listed",
+            # transport policy and DNSSEC (issue 16)
+            "max by (domain, mx, policy) (mail_mx_policy",
+            "mail_mx_policy_ok",
+            "mail_mx_tlsa_match",
+            "mail_mta_sts_policy_mode",
+            "mail_mta_sts_policy_fetch_ok",
+            "mail_mta_sts_policy_age_seconds",
+            "mail_dns_dnssec_validated",
+            "mail_dns_dnssec_bogus",
         ],
     }
     for uid, needles in want.items():

@@ -402,8 +402,12 @@ def test_inhibitions_in_a_real_alertmanager(tmp_path: Path) -> None:
         alert("burn-fast", "MailRoundTripBudgetBurnFast", "critical", "mon5", route="r1"),
         alert("burn-slow", "MailRoundTripBudgetBurnSlow", "warning", "mon5", route="r1"),
         alert("burn-slow-r2", "MailRoundTripBudgetBurnSlow", "warning", "mon5", route="r2"),
+        # DANE: a TLSA mismatch supersedes the policy failure of the same MX host, not another's
+        alert("tlsa", "MailDaneTlsaMismatch", "critical", "mon6", domain="e.test", mx="mx1.e.test"),
+        alert("policy-mx1", "MailMxTlsPolicyFailing", "warning", "mon6", domain="e.test", mx="mx1.e.test"),
+        alert("policy-mx2", "MailMxTlsPolicyFailing", "warning", "mon6", domain="e.test", mx="mx2.e.test"),
     ]
-    inhibited = {"mon1-mx", "c-mx", "c-red", "in-rt", "tls-warn", "burn-slow"}
+    inhibited = {"mon1-mx", "c-mx", "c-red", "in-rt", "tls-warn", "burn-slow", "policy-mx1"}
     with alertmanager(config, tmp_path) as url:
         body = json.dumps([{"labels": labels} for labels in sent]).encode()
         req = urllib.request.Request(

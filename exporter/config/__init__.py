@@ -143,10 +143,18 @@ class GlobalConfig:
 class TLSSettings:
     """How a probe judges the server's certificate."""
 
-    verify: bool = True  # an invalid certificate fails the probe (reason "tls"); metrics are kept either way
+    #: True: an invalid certificate fails the probe (reason "tls"); False: the probe goes on.
+    #: Unset (None): True for endpoints and routes; for MX hosts, the domain's published
+    #: transport policy decides (DANE, MTA-STS, else opportunistic).  Metrics are kept either way.
+    verify: bool | None = None
     ca_file: str | None = None  # trust these CAs instead of the system store
     server_name: str | None = None  # name to verify and send as SNI; default: the target host name
     min_version: Literal["TLS1.0", "TLS1.1", "TLS1.2", "TLS1.3"] | None = None
+
+    @property
+    def verifies(self) -> bool:
+        """Whether an invalid certificate fails a probe: ``verify``, true when unset."""
+        return self.verify is not False
 
 
 @dataclass(frozen=True)
@@ -180,6 +188,30 @@ class SmtpSettings:
 
 
 @dataclass(frozen=True)
+class MtaStsSettings:
+    """How the MTA-STS policy of a domain is fetched and cached (RFC 8461)."""
+
+    #: Refetch at least this often, even when the TXT id and max_age would allow the cache
+    #: (so that an unreachable policy host is seen within this time).
+    refresh: Duration = 3600.0
+    timeout: Duration = 10.0
+    #: Trust these CAs for the policy host instead of the system store (tests, private PKI).
+    ca_file: str | None = None
+    #: RFC 8461 fixes 443; another port is for test stacks only.
+    port: int = 443
+
+    def validate(self) -> list[tuple[str, str]]:
+        out = []
+        if self.refresh <= 0:
+            out.append(("refresh", f"expected a positive duration, got {self.refresh:g}s"))
+        if self.timeout <= 0:
+            out.append(("timeout", f"expected a positive duration, got {self.timeout:g}s"))
+        if not 1 <= self.port <= 65535:
+            out.append(("port", f"expected 1 to 65535, got {self.port}"))
+        return out
+
+
+@dataclass(frozen=True)
 class DnsPosture:
     mx: bool = True
     spf: bool = True
@@ -198,6 +230,7 @@ class DomainConfig:
     timeout: Duration | None = None
     smtp: SmtpSettings = field(default_factory=SmtpSettings)
     dns: DnsPosture = field(default_factory=DnsPosture)
+    mta_sts: MtaStsSettings = field(default_factory=MtaStsSettings)
     dnsbl: tuple[str, ...] = ()
     sending_ips: tuple[str, ...] = ()
     max_mx_addresses: int = 16

@@ -75,6 +75,51 @@ FAMILIES: dict[str, MetricDef] = _defs(
     ("mail_mx_records", "gauge", "MX records published for a domain.", ("domain",)),
     ("mail_mx_healthy", "gauge", "MX hosts of a domain accepting mail now.", ("domain",)),
     ("mail_mx_min_healthy", "gauge", "Configured redundancy objective: healthy MX hosts wanted.", ("domain",)),
+    (
+        "mail_mx_policy",
+        "gauge",
+        "Transport policy an MX host was judged under (opportunistic, mta_sts_testing, mta_sts_enforce, dane, "
+        "strict); always 1.",
+        ("domain", "mx", "policy"),
+    ),
+    (
+        "mail_mx_policy_ok",
+        "gauge",
+        "Whether an MX host meets the TLS requirements of its domain's published policy (DANE, else MTA-STS, "
+        "also in testing mode); 1 when no policy is published.",
+        ("domain", "mx"),
+    ),
+    (
+        "mail_mx_tlsa_match",
+        "gauge",
+        "Whether the certificate chain an MX host presents matches its DNSSEC-validated TLSA records "
+        "(only for MX hosts with usable TLSA records).",
+        ("domain", "mx"),
+    ),
+    (
+        "mail_mta_sts_policy_mode",
+        "gauge",
+        "MTA-STS mode in force for a domain (enforce, testing, none); 1 for the current mode, 0 for the others.",
+        ("domain", "mode"),
+    ),
+    (
+        "mail_mta_sts_policy_fetch_ok",
+        "gauge",
+        "Whether the last fetch of a domain's MTA-STS policy succeeded (only while its TXT record exists).",
+        ("domain",),
+    ),
+    (
+        "mail_mta_sts_policy_age_seconds",
+        "gauge",
+        "Time since the MTA-STS policy in use was fetched.",
+        ("domain",),
+    ),
+    (
+        "mail_mta_sts_policy_max_age_seconds",
+        "gauge",
+        "max_age of the MTA-STS policy in use: how long senders cache it.",
+        ("domain",),
+    ),
     # --- SMTP / IMAP ----------------------------------------------------------------------
     (
         "mail_smtp_up",
@@ -99,6 +144,20 @@ FAMILIES: dict[str, MetricDef] = _defs(
     ("mail_tls_version_info", "gauge", "TLS version negotiated; always 1.", (*_PROBE, "version")),
     # --- DNS ------------------------------------------------------------------------------
     ("mail_dns_record_ok", "gauge", "Whether a DNS record is present and well formed.", ("domain", "record")),
+    (
+        "mail_dns_dnssec_validated",
+        "gauge",
+        "Whether the validating resolver marked a checked record (mx, mta_sts, tlsa:<mx>) as DNSSEC-validated "
+        "(AD bit).",
+        ("domain", "record"),
+    ),
+    (
+        "mail_dns_dnssec_bogus",
+        "gauge",
+        "1 when a checked record fails DNSSEC validation: SERVFAIL, while the same query with checking "
+        "disabled (CD) is answered.",
+        ("domain", "record"),
+    ),
     (
         "mail_dnsbl_listed",
         "gauge",

@@ -37,6 +37,9 @@ REASONS: tuple[str, ...] = (
     "dns",
     "reply_4xx",
     "reply_5xx",
+    "tls_policy",
+    "dane_mismatch",
+    "dnssec",
 )
 
 LabelPairs = tuple[tuple[str, str], ...]

@@ -61,7 +61,6 @@ __all__ = [
     "parse_tlsa_records",
 ]
 
-import copy
 import datetime
 import hashlib
 from collections.abc import Iterable, Sequence
@@ -70,20 +69,17 @@ from typing import Literal, get_args
 
 import dns.asyncresolver
 import dns.exception
-import dns.flags
-import dns.message
-import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.TLSA
-import dns.resolver
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
+from exporter.net.dnsq import LOOKUP_STATUSES, LookupStatus, resolve
 from exporter.net.tls import hostname_matches
 
 #: Records considered by :func:`match` and kept by :func:`lookup_tlsa`.
@@ -96,9 +92,6 @@ DaneReason = Literal["matched", "dane_mismatch", "no_usable_records", "no_chain"
 #: The fixed reasons of :class:`DaneResult`.
 DANE_REASONS: tuple[str, ...] = get_args(DaneReason)
 
-LookupStatus = Literal["ok", "nxdomain", "nodata", "bogus", "timeout", "error"]
-#: The fixed statuses of :class:`TlsaLookup`.
-LOOKUP_STATUSES: tuple[str, ...] = get_args(LookupStatus)
 
 DANE_TA = 2
 DANE_EE = 3
@@ -150,10 +143,10 @@ class TlsaLookup:
     """The TLSA RRset of one MX host, as :func:`lookup_tlsa` found it.
 
     ``status``: ``ok`` (records answered), ``nxdomain``/``nodata`` (no TLSA: DANE is not
-    in use for this MX), ``bogus`` (SERVFAIL; see :func:`lookup_tlsa`), ``timeout``,
-    ``error``.  ``validated`` is the AD bit of the answer (also for a denial of existence).
-    ``records`` are the parsed records as answered, validated or not; only
-    :attr:`dane_records` count for DANE.
+    in use for this MX), ``bogus`` (validation failed; see :func:`lookup_tlsa`), or a
+    failure (``servfail``, ``refused``, ``timeout``, ``error``).  ``validated`` is the AD
+    bit of the answer (also for a denial of existence).  ``records`` are the parsed
+    records as answered, validated or not; only :attr:`dane_records` count for DANE.
     """
 
     name: str
@@ -402,53 +395,21 @@ def match(
 # --- lookup ------------------------------------------------------------------------------------
 
 
-def _ad(response: object) -> bool:
-    return isinstance(response, dns.message.Message) and bool(response.flags & dns.flags.AD)
-
-
 async def lookup_tlsa(resolver: dns.asyncresolver.Resolver, mx_host: str, port: int = 25) -> TlsaLookup:
     """The TLSA RRset of ``_<port>._tcp.<mx_host>`` and whether it validated.
 
-    The query sets the EDNS DO bit and the AD bit (RFC 6840 §5.7, §5.8) on a copy of
-    ``resolver``, so that a validating resolver reports validation in the AD bit of its
-    answer; ``resolver`` itself is not changed.  The resolver must validate (and the
-    path to it be trusted): a non-validating one never sets AD, so DANE is never in use.
-
-    ``bogus`` is any SERVFAIL: a validating resolver answers SERVFAIL for a zone whose
-    signatures do not validate, but also when the authoritative servers are unreachable
-    or broken, and this cannot tell the two apart (Extended DNS Errors, RFC 8914, are not
-    read).  A sender treats both alike: it defers delivery to the MX (RFC 7672 §2.2).
+    Asked with DNSSEC (:func:`exporter.net.dnsq.resolve` with ``dnssec=True``: DO and AD
+    set on a copy of ``resolver``, which is not changed), so a validating resolver reports
+    validation in the AD bit.  The resolver must validate: a non-validating one never
+    sets AD, so DANE is never in use.  ``bogus``: SERVFAIL, while the query with checking
+    disabled is answered (the signatures do not validate); ``servfail``: the zone's
+    servers failed.  A DANE sender defers delivery to the MX on both (RFC 7672 §2.2).
     Never raises for what the network does.
     """
-    try:
-        qname = dns.name.from_text(f"_{int(port)}._tcp.{mx_host.rstrip('.')}", origin=dns.name.root)
-    except (dns.exception.DNSException, ValueError) as exc:
-        return TlsaLookup(f"_{port}._tcp.{mx_host}", "error", False, f"bad name: {type(exc).__name__}")
-    name = qname.to_text(omit_final_dot=True)
-    dnssec = copy.copy(resolver)
-    dnssec.use_edns(0, dns.flags.DO, 1232)
-    dnssec.flags = dns.flags.RD | dns.flags.AD
-    try:
-        answer = await dnssec.resolve(qname, dns.rdatatype.TLSA, search=False, raise_on_no_answer=True)
-    except dns.resolver.NXDOMAIN as exc:
-        responses = exc.kwargs.get("responses") or {}
-        validated = any(_ad(r) for r in responses.values())
-        return TlsaLookup(name, "nxdomain", validated, "NXDOMAIN")
-    except dns.resolver.NoAnswer as exc:
-        return TlsaLookup(name, "nodata", _ad(exc.kwargs.get("response")), "no data")
-    except dns.resolver.NoNameservers as exc:
-        errors = [e[3] if isinstance(e, tuple) and len(e) > 3 else e for e in exc.kwargs.get("errors") or []]
-        rcodes = [e for e in errors if isinstance(e, str)]
-        if "SERVFAIL" in rcodes:
-            return TlsaLookup(name, "bogus", False, "SERVFAIL (bogus, or the zone's servers failed)")
-        return TlsaLookup(name, "error", False, rcodes[0][:20] if rcodes else "no nameserver answered")
-    except dns.exception.Timeout:
-        return TlsaLookup(name, "timeout", False, f"timeout after {resolver.lifetime:g}s")
-    except dns.exception.DNSException as exc:
-        return TlsaLookup(name, "error", False, type(exc).__name__)
-    except OSError as exc:
-        return TlsaLookup(name, "error", False, (exc.strerror or type(exc).__name__)[:40])
-    rdatas = list(answer.rrset) if answer.rrset is not None else []
+    name = f"_{int(port)}._tcp.{mx_host.rstrip('.')}"
+    look = await resolve(resolver, name, dns.rdatatype.TLSA, dnssec=True)
+    if look.status != "ok":
+        return TlsaLookup(name, look.status, look.validated, look.message)
+    rdatas = list(look.rrset) if look.rrset is not None else []
     records, notes = parse_tlsa_records(rdatas)
-    validated = _ad(answer.response)
-    return TlsaLookup(name, "ok", validated, "ok", tuple(records), tuple(notes))
+    return TlsaLookup(name, "ok", look.validated, "ok", tuple(records), tuple(notes))

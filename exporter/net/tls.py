@@ -50,11 +50,13 @@ __all__ = [
     "ProbeFailure",
     "ProbeRun",
     "TLSReport",
+    "TlsJudge",
     "client_context",
     "dial_session",
     "dial_with_leaf_fallback",
     "hostname_matches",
     "inspect_leaf",
+    "presented_chain",
     "prewarm",
     "printable",
     "read_exactly",
@@ -125,6 +127,12 @@ class CertRejected(Failure):
 
     def __init__(self, message: str) -> None:
         super().__init__("tls", message)
+
+
+#: Judges a finished handshake under a transport policy (MTA-STS, DANE): given what the
+#: handshake showed (None: the session is not encrypted) and the presented chain (leaf
+#: first, DER), returns the failure that ends the probe, or None to go on.
+TlsJudge = Callable[["TLSReport | None", tuple[bytes, ...]], Failure | None]
 
 
 # --- contexts ----------------------------------------------------------------------------------
@@ -364,6 +372,8 @@ class Conn:
     writer: asyncio.StreamWriter
     tls_version: str | None = None  # set once a handshake succeeded
     peer_der: bytes | None = None
+    #: The certificates the server presented, leaf first, as sent (for DANE), DER.
+    peer_chain: tuple[bytes, ...] = ()
 
     async def send(self, data: bytes, step: str) -> None:
         try:
@@ -389,6 +399,7 @@ class Conn:
         version = None
         if isinstance(obj, ssl.SSLObject | ssl.SSLSocket):
             self.peer_der = obj.getpeercert(binary_form=True)
+            self.peer_chain = presented_chain(obj) or ((self.peer_der,) if self.peer_der else ())
             version = obj.version()
         self.tls_version = version or "unknown"
 
@@ -406,6 +417,36 @@ class Conn:
             pass
         finally:
             self.abort()
+
+
+def presented_chain(obj: ssl.SSLObject | ssl.SSLSocket) -> tuple[bytes, ...]:
+    """The chain the server sent, leaf first, DER; () when this Python cannot tell.
+
+    Python 3.13 has ``get_unverified_chain()`` on SSL objects; 3.10 to 3.12 have it on the
+    underlying ``_ssl._SSLSocket`` only, returning ``_ssl.Certificate`` objects.  It is the
+    chain as presented, not as built by verification, which is what DANE matches.
+    """
+    getter = getattr(obj, "get_unverified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(obj, "_sslobj", None), "get_unverified_chain", None)
+    if getter is None:
+        return ()
+    try:
+        certs = getter() or []
+    except (ssl.SSLError, ValueError, AttributeError):
+        return ()
+    out: list[bytes] = []
+    for cert in certs:
+        if isinstance(cert, bytes):
+            out.append(cert)
+        else:
+            der = cert.public_bytes(_ENCODING_DER)
+            out.append(der if isinstance(der, bytes) else bytes(der))
+    return tuple(out)
+
+
+#: ``_ssl.ENCODING_DER``: the encoding argument of ``_ssl.Certificate.public_bytes``.
+_ENCODING_DER: int = getattr(getattr(ssl, "_ssl", None), "ENCODING_DER", 2)
 
 
 _C = TypeVar("_C")
@@ -432,6 +473,8 @@ class ProbeRun:
         self._conns: list[Conn] = []
         self._scrub: list[str] = []
         self.failed = False
+        #: What the last handshake showed (set by :func:`dial_with_leaf_fallback`).
+        self.tls_report: TLSReport | None = None
 
     # metrics ------------------------------------------------------------------------------
     async def open(self, host: str, port: int, implicit_tls: ssl.SSLContext | None, hostname: str) -> Conn:
@@ -614,11 +657,11 @@ async def dial_with_leaf_fallback(
         chain_error = exc.message
         run.finish()
         run.trace(f"-- certificate chain rejected ({chain_error}); reconnecting without verification to read it")
-        run.record_phases = not tls.verify
+        run.record_phases = not tls.verifies
         try:
             result = await dial(client_context(tls, verify=False))
         except (ProbeFailure, CertRejected) as again:
-            if tls.verify or isinstance(again, CertRejected):
+            if tls.verifies or isinstance(again, CertRejected):
                 raise ProbeFailure("tls", f"tls: certificate chain does not verify: {chain_error}") from None
             raise
         finally:
@@ -639,9 +682,10 @@ async def dial_with_leaf_fallback(
         leaf=leaf,
         hostname=hostname,
     )
+    run.tls_report = report
     run.emit_tls(report)
     if not report.valid:
         run.trace(f"-- {report.problem()}")
-        if tls.verify:
+        if tls.verifies:
             raise ProbeFailure("tls", f"tls: {report.problem()}")
     return result

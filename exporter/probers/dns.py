@@ -34,6 +34,7 @@ __all__ = [
     "check_dnsbl",
     "check_posture",
     "discover_mx",
+    "fetch_policy",
     "make_resolver",
 ]
 
@@ -45,7 +46,6 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import aiohttp
 import aiohttp.abc
@@ -58,9 +58,11 @@ import dns.resolver
 import dns.rrset
 from yarl import URL
 
-from exporter.config import DnsPosture, ResolverConfig
+from exporter.config import DnsPosture, MtaStsSettings, ResolverConfig, TLSSettings
 from exporter.core.errors import ConfigError, ConfigIssue
 from exporter.core.model import Failure, Sink
+from exporter.net.dnsq import Lookup, resolve
+from exporter.net.tls import CONNECT_GUARD, ProbeFailure, client_context
 from exporter.probers.dnsrecords import (
     RecordCheck,
     classify_dnsbl_answer,
@@ -131,68 +133,9 @@ def make_resolver(cfg: ResolverConfig) -> dns.asyncresolver.Resolver:
     return resolver
 
 
-LookupStatus = Literal["ok", "nxdomain", "nodata", "servfail", "refused", "timeout", "error"]
-
-
-@dataclass(frozen=True, slots=True)
-class _Lookup:
-    status: LookupStatus
-    message: str  # "NXDOMAIN", "SERVFAIL", "timeout after 5s", ...
-    rrset: dns.rrset.RRset | None = None
-
-    @property
-    def failed(self) -> bool:
-        """The resolver could not tell whether the name exists (not NXDOMAIN, not no data)."""
-        return self.status not in ("ok", "nxdomain", "nodata")
-
-
-def _nameserver_errors(exc: dns.resolver.NoNameservers) -> tuple[LookupStatus, str]:
-    rcodes: list[str] = []
-    others: list[str] = []
-    for entry in exc.kwargs.get("errors") or []:
-        err = entry[3] if isinstance(entry, tuple) and len(entry) > 3 else entry
-        if isinstance(err, str):
-            rcodes.append(err)
-        elif isinstance(err, OSError) and err.strerror:
-            others.append(err.strerror)
-        else:
-            others.append(type(err).__name__)
-    if "SERVFAIL" in rcodes:
-        return "servfail", "SERVFAIL"
-    if "REFUSED" in rcodes:
-        return "refused", "REFUSED"
-    if rcodes:
-        return "error", rcodes[0][:20]
-    if others:
-        return "error", f"no nameserver answered ({others[0][:40]})"
-    return "error", "no nameserver answered"
-
-
-async def _resolve(resolver: dns.asyncresolver.Resolver, name: str, rdtype: dns.rdatatype.RdataType) -> _Lookup:
-    """Look up ``name`` (taken as absolute).  Never raises for what the network does."""
-    try:
-        qname = dns.name.from_text(name, origin=dns.name.root)
-        answer = await resolver.resolve(qname, rdtype, search=False)
-    except dns.resolver.NXDOMAIN:
-        return _Lookup("nxdomain", "NXDOMAIN")
-    except dns.resolver.NoAnswer:
-        return _Lookup("nodata", "no data")
-    except dns.resolver.NoNameservers as exc:
-        return _Lookup(*_nameserver_errors(exc))
-    except dns.exception.Timeout:
-        return _Lookup("timeout", f"timeout after {resolver.lifetime:g}s")
-    except dns.exception.DNSException as exc:
-        return _Lookup("error", type(exc).__name__)
-    except OSError as exc:
-        return _Lookup("error", (exc.strerror or type(exc).__name__)[:40])
-    return _Lookup("ok", "ok", answer.rrset)
-
-
-async def _addresses(resolver: dns.asyncresolver.Resolver, host: str) -> tuple[list[str], list[_Lookup]]:
+async def _addresses(resolver: dns.asyncresolver.Resolver, host: str) -> tuple[list[str], list[Lookup]]:
     """A then AAAA addresses of ``host``, and the two lookups."""
-    looks = await asyncio.gather(
-        _resolve(resolver, host, dns.rdatatype.A), _resolve(resolver, host, dns.rdatatype.AAAA)
-    )
+    looks = await asyncio.gather(resolve(resolver, host, dns.rdatatype.A), resolve(resolver, host, dns.rdatatype.AAAA))
     addrs = [rdata.to_text() for look in looks if look.rrset is not None for rdata in look.rrset]
     return addrs, list(looks)
 
@@ -217,7 +160,8 @@ class MxDiscovery:
     MX hosts by preference, ``targets`` their addresses (at most ``max_addresses``).
     ``implicit``: no MX records, so the domain's own A/AAAA is used (RFC 5321 section
     5.1).  ``null_mx``: the domain publishes the null MX of RFC 7505 and accepts no
-    mail.  ``unresolved``: MX hosts without any address.  ``errors``: short notes on
+    mail.  ``validated``/``bogus``: the DNSSEC state of the MX lookup (see
+    :mod:`exporter.net.dnsq`).  ``unresolved``: MX hosts without any address.  ``errors``: short notes on
     everything odd that did not stop discovery.  ``failure`` (reason ``dns``) is set
     when discovery could not produce a single address to try.
     """
@@ -232,13 +176,17 @@ class MxDiscovery:
     unresolved: tuple[str, ...] = ()
     errors: tuple[str, ...] = ()
     failure: Failure | None = None
+    #: The MX answer (or its denial) carried the AD bit of a validating resolver.
+    validated: bool = False
+    #: The MX lookup failed DNSSEC validation (failure reason ``dnssec``).
+    bogus: bool = False
 
     @property
     def ok(self) -> bool:
         return self.failure is None
 
 
-def _lookup_failure(domain: str, look: _Lookup) -> Failure:
+def _lookup_failure(domain: str, look: Lookup) -> Failure:
     if look.status == "nxdomain":
         return Failure("dns", f"{domain}: domain does not exist (NXDOMAIN)", domain)
     return Failure("dns", f"{domain}: lookup failed: {look.message}", domain)
@@ -256,7 +204,10 @@ async def discover_mx(resolver: dns.asyncresolver.Resolver, domain: str, max_add
     if max_addresses < 1:
         raise ValueError(f"max_addresses must be at least 1, got {max_addresses}")
     domain_name = domain.rstrip(".")
-    mx = await _resolve(resolver, domain_name, dns.rdatatype.MX)
+    mx = await resolve(resolver, domain_name, dns.rdatatype.MX, dnssec=True)
+    if mx.status == "bogus":
+        msg = f"{domain_name}: MX lookup failed DNSSEC validation ({mx.message})"
+        return MxDiscovery(domain, bogus=True, failure=Failure("dnssec", msg, domain))
     if mx.status == "nodata":
         addrs, looks = await _addresses(resolver, domain_name)
         if not addrs:
@@ -266,7 +217,7 @@ async def discover_mx(resolver: dns.asyncresolver.Resolver, domain: str, max_add
                 if failed is not None
                 else f"{domain_name}: no MX records and no A/AAAA records"
             )
-            return MxDiscovery(domain, implicit=True, failure=Failure("dns", msg, domain))
+            return MxDiscovery(domain, implicit=True, failure=Failure("dns", msg, domain), validated=mx.validated)
         host = domain_name.lower()
         return MxDiscovery(
             domain,
@@ -274,6 +225,7 @@ async def discover_mx(resolver: dns.asyncresolver.Resolver, domain: str, max_add
             targets=tuple(MxTarget(host, 0, a) for a in addrs[:max_addresses]),
             implicit=True,
             errors=(f"{domain_name}: no MX records; using the domain's own addresses (implicit MX)",),
+            validated=mx.validated,
         )
     if mx.rrset is None:
         return MxDiscovery(domain, failure=_lookup_failure(domain_name, mx))
@@ -289,7 +241,10 @@ async def discover_mx(resolver: dns.asyncresolver.Resolver, domain: str, max_add
         real[host] = min(rdata.preference, real.get(host, rdata.preference))
     if nulls and not real:
         return MxDiscovery(
-            domain, null_mx=True, errors=(f"{domain_name}: null MX (RFC 7505): the domain accepts no mail",)
+            domain,
+            null_mx=True,
+            errors=(f"{domain_name}: null MX (RFC 7505): the domain accepts no mail",),
+            validated=mx.validated,
         )
     if nulls:
         errors.append(f"{domain_name}: null MX mixed with other MX records (RFC 7505)")
@@ -297,7 +252,7 @@ async def discover_mx(resolver: dns.asyncresolver.Resolver, domain: str, max_add
 
     sem = asyncio.Semaphore(_CONCURRENCY)
 
-    async def resolve_host(host: str) -> tuple[list[str], list[_Lookup]]:
+    async def resolve_host(host: str) -> tuple[list[str], list[Lookup]]:
         async with sem:
             return await _addresses(resolver, host)
 
@@ -331,6 +286,7 @@ async def discover_mx(resolver: dns.asyncresolver.Resolver, domain: str, max_add
         unresolved=tuple(unresolved),
         errors=tuple(errors),
         failure=failure,
+        validated=mx.validated,
     )
 
 
@@ -352,6 +308,20 @@ class PolicyFetch:
     ssl_context: ssl.SSLContext | None = None  # None: the system trust store
     port: int = 443
     address: str | None = None
+    #: Trust these CAs instead of the system store (ignored when ``ssl_context`` is set).
+    ca_file: str | None = None
+
+    @classmethod
+    def from_settings(cls, cfg: MtaStsSettings) -> PolicyFetch:
+        return cls(timeout=cfg.timeout, port=cfg.port, ca_file=cfg.ca_file)
+
+    def context(self) -> ssl.SSLContext | bool:
+        """The TLS setting for aiohttp: our context, one trusting ``ca_file``, or True (system store)."""
+        if self.ssl_context is not None:
+            return self.ssl_context
+        if self.ca_file:
+            return client_context(TLSSettings(ca_file=self.ca_file), verify=True, check_hostname=True)
+        return True
 
 
 class _UnresolvedHostError(OSError):
@@ -368,14 +338,20 @@ class _DnsPythonResolver(aiohttp.abc.AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[aiohttp.abc.ResolveResult]:
+        guard = CONNECT_GUARD.get()
         if self._address is not None:
             addrs = [self._address]
+        elif guard is not None:  # /probe: only the addresses the guard vetted (see exporter.net.guard)
+            try:
+                addrs = await guard(host, port)
+            except ProbeFailure as exc:
+                raise _UnresolvedHostError(exc.message) from None
         else:
-            looks: list[_Lookup] = []
+            looks: list[Lookup] = []
             if family in (socket.AF_INET, socket.AF_UNSPEC):
-                looks.append(await _resolve(self._resolver, host, dns.rdatatype.A))
+                looks.append(await resolve(self._resolver, host, dns.rdatatype.A))
             if family in (socket.AF_INET6, socket.AF_UNSPEC):
-                looks.append(await _resolve(self._resolver, host, dns.rdatatype.AAAA))
+                looks.append(await resolve(self._resolver, host, dns.rdatatype.AAAA))
             addrs = [rdata.to_text() for look in looks if look.rrset is not None for rdata in look.rrset]
             if not addrs:
                 raise _UnresolvedHostError(f"cannot resolve {host}: " + ", ".join(look.message for look in looks))
@@ -398,12 +374,16 @@ class _DnsPythonResolver(aiohttp.abc.AbstractResolver):
         return None
 
 
-async def _fetch_policy(resolver: dns.asyncresolver.Resolver, domain: str, opts: PolicyFetch) -> tuple[str | None, str]:
+async def fetch_policy(resolver: dns.asyncresolver.Resolver, domain: str, opts: PolicyFetch) -> tuple[str | None, str]:
     """Fetch ``https://mta-sts.<domain>/.well-known/mta-sts.txt``: (body, "") or (None, why)."""
     url = URL.build(scheme="https", host=f"mta-sts.{domain}", port=opts.port, path="/.well-known/mta-sts.txt")
+    try:
+        ctx = opts.context()
+    except (OSError, ssl.SSLError):
+        return None, "policy fetch: cannot load ca_file"
     connector = aiohttp.TCPConnector(
         resolver=_DnsPythonResolver(resolver, opts.address),
-        ssl=opts.ssl_context if opts.ssl_context is not None else True,
+        ssl=ctx,
         use_dns_cache=False,
         force_close=True,
     )
@@ -443,7 +423,7 @@ async def _fetch_policy(resolver: dns.asyncresolver.Resolver, domain: str, opts:
 
 async def _txt(resolver: dns.asyncresolver.Resolver, name: str) -> list[str] | RecordCheck:
     """The texts of the TXT records at ``name`` ([] when none), or a failed check."""
-    look = await _resolve(resolver, name, dns.rdatatype.TXT)
+    look = await resolve(resolver, name, dns.rdatatype.TXT)
     if look.rrset is not None:
         return [join_txt(rdata.strings) for rdata in look.rrset]
     if look.failed:
@@ -527,7 +507,7 @@ async def check_posture(
         txt = _exactly_one(await _txt(resolver, f"_mta-sts.{name}"), is_sts, parse_mta_sts_txt, "MTA-STS")
         if not txt.ok or not posture.mta_sts_fetch_policy:
             return txt
-        body, why = await _fetch_policy(resolver, name, fetch)
+        body, why = await fetch_policy(resolver, name, fetch)
         if body is None:
             return RecordCheck(False, why)
         policy = parse_mta_sts_policy(body)
@@ -616,7 +596,7 @@ async def check_dnsbl(
 
     async def one(addr: str, zone: str, qname: str) -> str:
         async with sem:
-            look = await _resolve(resolver, qname, dns.rdatatype.A)
+            look = await resolve(resolver, qname, dns.rdatatype.A)
         if look.status in ("nxdomain", "nodata"):
             return "clear"
         if look.rrset is not None:

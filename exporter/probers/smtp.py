@@ -74,6 +74,7 @@ from exporter.net.tls import (
     Conn,
     ProbeFailure,
     ProbeRun,
+    TlsJudge,
     dial_session,
     printable,
     read_line,
@@ -100,6 +101,9 @@ class SmtpProbeSettings:
     server_name: str | None = None
     #: Backstop only: the caller's timeout is authoritative.
     max_duration: float = 300.0
+    #: Judges the session right after EHLO/STARTTLS under the domain's transport policy
+    #: (the MX check); a failure it returns ends the probe with that failure's reason.
+    tls_judge: TlsJudge | None = None
 
     @classmethod
     def from_endpoint(cls, cfg: EndpointConfig) -> SmtpProbeSettings:
@@ -289,6 +293,10 @@ class _SmtpProbe:
             self.run, self._dial, lambda s: s.conn, settings.tls, settings.tls_settings, self.hostname
         )
         conn = session.conn
+        if settings.tls_judge is not None:
+            verdict = settings.tls_judge(self.run.tls_report if conn.tls_version else None, conn.peer_chain)
+            if verdict is not None:
+                raise ProbeFailure(verdict.reason, verdict.message)
         if conn.tls_version is not None and settings.tls != "implicit":
             session.ehlo = await self._ehlo(conn, "ehlo_tls")
         if settings.auth is not None:

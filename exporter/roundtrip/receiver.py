@@ -615,7 +615,7 @@ class Mailbox:
         ctx: ssl.SSLContext | None = None
         if spec.tls != "none":
             try:
-                ctx = client_context(spec.tls_config, verify=spec.tls_config.verify)
+                ctx = client_context(spec.tls_config, verify=spec.tls_config.verifies)
             except (OSError, ssl.SSLError) as exc:
                 raise ReceiverError("tls", f"cannot load ca_file: {exc}") from None
         name = spec.tls_config.server_name or self.host
@@ -649,7 +649,7 @@ class Mailbox:
                 raise ReceiverError("timeout", f"STARTTLS: no answer within {self.timeout:g}s") from None
             except (OSError, ssl.SSLError, aioimaplib.AioImapException) as exc:
                 raise _describe(exc, self.host, self.port) from None
-        if ctx is not None and spec.tls_config.verify:
+        if ctx is not None and spec.tls_config.verifies:
             self._check_hostname(client, name)
         if client.protocol.state == aioimaplib.NONAUTH:
             resp = await self._call("LOGIN", client.login(aioimaplib.quoted(spec.username), spec.password.reveal()))

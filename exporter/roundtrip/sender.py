@@ -154,7 +154,7 @@ async def send_probe(cfg: SendConfig, message: bytes, *, timeout: float) -> Send
     ctx: ssl.SSLContext | None = None
     if cfg.tls != "none":
         try:
-            ctx = client_context(cfg.tls_config, verify=cfg.tls_config.verify)
+            ctx = client_context(cfg.tls_config, verify=cfg.tls_config.verifies)
         except (OSError, ssl.SSLError) as exc:
             return _fail("tls", f"tls: cannot load ca_file: {exc}")
     smtp = aiosmtplib.SMTP(
@@ -186,7 +186,7 @@ async def send_probe(cfg: SendConfig, message: bytes, *, timeout: float) -> Send
                     await smtp.ehlo()
                 elif cfg.tls == "starttls":
                     return _fail("tls", "starttls: STARTTLS is required but the server does not offer it")
-            if tls_on and cfg.tls_config.verify:
+            if tls_on and cfg.tls_config.verifies:
                 problem = _hostname_problem(smtp, name)
                 if problem:
                     return _fail("tls", f"tls: {problem}")

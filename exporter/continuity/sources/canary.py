@@ -44,7 +44,7 @@ _SEARCH_RE = re.compile(r"^SEARCH(?: (.*))?$", re.IGNORECASE)
 
 def tls_context(settings: TLSSettings) -> ssl.SSLContext:
     """A client context that checks the chain *and* the host name (credentials go over it)."""
-    return client_context(settings, verify=settings.verify, check_hostname=True)
+    return client_context(settings, verify=settings.verifies, check_hostname=True)
 
 
 class ImapSession:

@@ -22,13 +22,16 @@ import importlib.util
 import json
 import os
 import smtplib
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +142,7 @@ def am_alert(fp: str, labels: dict[str, str], start: float, end: float | None = 
     }
 
 
-def exporter_config(stack: Stack, run: str, tmp_path: Path) -> str:
+def exporter_config(stack: Stack, run: str, tmp_path: Path, mta_sts_port: int) -> str:
     host, dns_port = stack.dns_server
     backups = tmp_path / "backups"
     backups.mkdir()
@@ -159,6 +162,10 @@ domains:
     dns: {{mx: true, spf: true, dmarc: true}}
     dnsbl: [dnsbl.test]
     sending_ips: [127.0.0.3]
+  - domain: sts.test
+    smtp: {{port: {stack.port("smtp")}, tls_config: {{ca_file: "{ca}"}}}}
+    mta_sts: {{port: {mta_sts_port}, ca_file: "{ca}"}}
+    dns: {{mx: false, spf: false, dmarc: false}}
 endpoints:
   - name: submission
     protocol: smtp
@@ -258,8 +265,39 @@ def delete_messages(stack: Stack, sender: str) -> None:
         )
 
 
+class _PolicyHandler(BaseHTTPRequestHandler):
+    body = b"version: STSv1\r\nmode: testing\r\nmx: mx1.example.test\r\nmax_age: 86400\r\n"
+
+    def do_GET(self) -> None:
+        self.send_response(200 if self.path == "/.well-known/mta-sts.txt" else 404)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 @pytest.fixture
-def live(stack: Stack, tmp_path: Path) -> Iterator[tuple[Stack, ExporterProcess, str]]:
+def mta_sts_port(stack: Stack) -> Iterator[int]:
+    """https://mta-sts.sts.test:PORT/ on 127.0.0.1, serving a testing-mode policy (for the MTA-STS panel)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _PolicyHandler)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert = stack.certs[stack.mta_sts["cert"]]
+    ctx.load_cert_chain(cert["chain"], cert["key"])
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def live(stack: Stack, tmp_path: Path, mta_sts_port: int) -> Iterator[tuple[Stack, ExporterProcess, str]]:
     gen = load("mce_rules_generate_dash", ROOT / "rules" / "generate.py")
     run = uuid.uuid4().hex[:10]
     job = f"mail-dash-{run}"
@@ -267,7 +305,7 @@ def live(stack: Stack, tmp_path: Path) -> Iterator[tuple[Stack, ExporterProcess,
     names = (gen.RECORDING_FILE, gen.ALERTS_FILE, gen.SLO_FILE)
     rule_files = [stack.prometheus_rules_dir / f"mce-dash-{run}-{name}" for name in names]
     sender = ""
-    with run_exporter(tmp_path, config_text=exporter_config(stack, run, tmp_path)) as exp:
+    with run_exporter(tmp_path, config_text=exporter_config(stack, run, tmp_path, mta_sts_port)) as exp:
         exp.wait_ready()
         try:
             sender = defer_messages(stack, run)

@@ -268,6 +268,8 @@ class Settings:
     )
     #: Tests only: every ``for:`` set to this (e.g. "10s" for the end-to-end test).
     for_override: str | None = None
+    #: Alerts whose ``for:`` ``for_override`` leaves as it is (the demo: a finding of its stack).
+    for_override_except: frozenset[str] = frozenset()
 
 
 #: The settings the committed files are generated from.
@@ -364,7 +366,7 @@ class Builder:
         return f"{metric}{{{','.join(parts)}}}" if parts else metric
 
     def for_(self, alert: str, own: str | None = None) -> str:
-        if self.s.for_override is not None:
+        if self.s.for_override is not None and alert not in self.s.for_override_except:
             return self.s.for_override
         return own if own is not None else self.s.for_durations[alert]
 

@@ -8,23 +8,53 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
+
+from exporter.core.model import Sink
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def sink_value(sink: Sink, family: str, **labels: str) -> float | None:
+    """The value of the sample of ``family`` with exactly ``labels`` in a sink, or None."""
+    want = tuple(sorted(labels.items()))
+    for sample in sink.samples():
+        if sample.family == family and sample.suffix == "" and tuple(sorted(sample.labels)) == want:
+            return sample.value
+    return None
+
+
+@contextlib.asynccontextmanager
+async def mta_sts_policy_server(
+    server_ctx: ssl.SSLContext, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> AsyncIterator[int]:
+    """An HTTPS server on 127.0.0.1 (port 0) answering ``/.well-known/mta-sts.txt``; yields its port."""
+    app = web.Application()
+    app.router.add_get("/.well-known/mta-sts.txt", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
 
 
 @dataclass

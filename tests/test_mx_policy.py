@@ -17,6 +17,7 @@ import pytest
 import trustme
 from aiohttp import web
 from dnsserver import DnsServer
+from helpers import mta_sts_policy_server
 from test_dane import CHAIN, LEAF, MX, WRONG_NAME, record
 
 from exporter.config import ResolverConfig
@@ -154,18 +155,10 @@ class PolicyHost:
 @asynccontextmanager
 async def policy_host(ca: trustme.CA) -> AsyncIterator[tuple[PolicyHost, int]]:
     host = PolicyHost()
-    app = web.Application()
-    app.router.add_get("/.well-known/mta-sts.txt", host.handler)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(f"mta-sts.{DOMAIN}").configure_cert(ctx)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
-    await site.start()
-    try:
-        yield host, int(runner.addresses[0][1])
-    finally:
-        await runner.cleanup()
+    async with mta_sts_policy_server(ctx, host.handler) as port:
+        yield host, port
 
 
 @pytest.fixture

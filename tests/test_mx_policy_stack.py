@@ -19,13 +19,13 @@ Every MX address is 127.0.0.1; the checks run in-process (``run_mx``) with a fre
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 from aiohttp import web
+from helpers import free_port, mta_sts_policy_server, sink_value
 from stack import Stack
 
 from exporter.checks.domain import run_mx, sts_cache_for
@@ -42,12 +42,7 @@ from exporter.core.model import Sink
 LOG = logging.getLogger("test.mx.policy")
 
 
-def gauge(sink: Sink, family: str, **labels: str) -> float | None:
-    want = tuple(sorted(labels.items()))
-    for sample in sink.samples():
-        if sample.family == family and sample.suffix == "" and tuple(sorted(sample.labels)) == want:
-            return sample.value
-    return None
+gauge = sink_value
 
 
 def policy_of(sink: Sink, domain: str, mx: str) -> str | None:
@@ -101,29 +96,15 @@ async def policy_host(stack: Stack, body: str) -> AsyncIterator[int]:
     async def handler(request: web.Request) -> web.Response:
         return web.Response(text=body, content_type="text/plain")
 
-    app = web.Application()
-    app.router.add_get("/.well-known/mta-sts.txt", handler)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert = stack.certs[stack.mta_sts["cert"]]
     ctx.load_cert_chain(cert["chain"], cert["key"])
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
-    await site.start()
-    try:
-        yield int(runner.addresses[0][1])
-    finally:
-        await runner.cleanup()
+    async with mta_sts_policy_server(ctx, handler) as port:
+        yield port
 
 
 def policy(mode: str) -> str:
     return f"version: STSv1\r\nmode: {mode}\r\nmx: mx1.example.test\r\nmax_age: 86400\r\n"
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # --- no policy: opportunistic ----------------------------------------------------------------------
@@ -164,7 +145,7 @@ async def test_explicit_verify_true_is_strict(stack: Stack) -> None:
 async def test_unsigned_zone_reads_not_validated(stack: Stack) -> None:
     """An unsigned zone: nothing validated, nothing bogus; a TXT record without a reachable
     policy host is a finding (fetch_ok 0) and leaves the MX judged opportunistic."""
-    d, g = config(stack, "good.test", sts_port=closed_port())
+    d, g = config(stack, "good.test", sts_port=free_port())
     ok, sink = await check(d, g)
     assert ok, sink.failures
     for record in ("mx", "mta_sts", "tlsa:mx1.example.test"):
@@ -178,7 +159,7 @@ async def test_unsigned_zone_reads_not_validated(stack: Stack) -> None:
 
 async def test_mta_sts_policy_host_down_is_a_finding(stack: Stack) -> None:
     """TXT record present, policy host resolves but nothing listens: fetch_ok 0, no policy in force."""
-    d, g = config(stack, "sts.test", sts_port=closed_port())
+    d, g = config(stack, "sts.test", sts_port=free_port())
     ok, sink = await check(d, g)
     assert ok, sink.failures
     assert gauge(sink, "mail_mta_sts_policy_fetch_ok", domain=d.domain) == 0

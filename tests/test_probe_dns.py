@@ -19,6 +19,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from dnsserver import DnsServer, Mode
+from helpers import mta_sts_policy_server, sink_value
 
 from exporter.config import DnsPosture, ResolverConfig
 from exporter.core.model import Sink
@@ -106,12 +107,7 @@ def resolver_for(srv: DnsServer, timeout: float = TIMEOUT) -> dns.asyncresolver.
     return make_resolver(ResolverConfig(nameservers=(srv.host,), port=srv.port, timeout=timeout))
 
 
-def gauge(sink: Sink, family: str, **labels: str) -> float | None:
-    want = tuple(sorted(labels.items()))
-    for sample in sink.samples():
-        if sample.family == family and sample.suffix == "" and tuple(sorted(sample.labels)) == want:
-            return sample.value
-    return None
+gauge = sink_value
 
 
 def records(sink: Sink, domain: str) -> dict[str, float | None]:
@@ -313,18 +309,10 @@ async def policy_server(
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=status, text=body, content_type=content_type)
 
-    app = web.Application()
-    app.router.add_get("/.well-known/mta-sts.txt", handler)
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(hostname).configure_cert(server_ctx)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
-    await site.start()
-    try:
-        yield int(runner.addresses[0][1])
-    finally:
-        await runner.cleanup()
+    async with mta_sts_policy_server(server_ctx, handler) as port:
+        yield port
 
 
 @pytest.fixture

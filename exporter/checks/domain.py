@@ -84,13 +84,15 @@ class _Judges:
         def judge_session(report: TLSReport | None, chain: tuple[bytes, ...]) -> ProbeFailure | None:
             verdict = judge(policy, report, chain)
             self.verdicts[host].append(verdict)
-            if verdict.ok or self.verify is False:
-                return None
-            if policy.enforced or self.verify is True:
-                return ProbeFailure(verdict.reason, verdict.message)
-            return None  # MTA-STS testing: reported, not enforced
+            if verdict.ok or not self.enforced(policy):
+                return None  # e.g. MTA-STS testing: reported, not enforced
+            return ProbeFailure(verdict.reason, verdict.message)
 
         return judge_session
+
+    def enforced(self, policy: HostPolicy) -> bool:
+        """Whether failing ``policy`` fails health: as published, unless ``verify`` is set."""
+        return self.verify is True or (self.verify is None and policy.enforced)
 
     def label(self, host: str) -> PolicyName:
         if self.verify is True:
@@ -111,7 +113,7 @@ class _Judges:
                 sink.gauge("mail_mx_tlsa_match", int(all(matches)), domain=domain, mx=host)
             bad = next((v for v in seen if not v.ok), None)
             if bad is not None:
-                note = "" if policy.enforced and self.verify is not False else " (not enforced)"
+                note = "" if self.enforced(policy) else " (not enforced)"
                 sink.detail(f"policy {host}", f"{bad.message}{note}")
             else:
                 sink.detail(f"policy {host}", f"{policy.published}: ok")
@@ -197,7 +199,7 @@ def _timeouts(d: cfgmod.DomainConfig, g: cfgmod.GlobalConfig) -> tuple[float, fl
     """
     probe = d.smtp.timeout or d.timeout or g.timeout
     rt = g.resolver.timeout
-    return probe, 3 * rt + 2 * rt + d.mta_sts.timeout + probe + GRACE
+    return probe, 5 * rt + d.mta_sts.timeout + probe + GRACE  # discovery 3, policy 2 resolver timeouts
 
 
 def sts_cache_for(d: cfgmod.DomainConfig) -> StsCache:

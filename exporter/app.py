@@ -28,6 +28,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from exporter import __version__, checks, config
 from exporter.continuity.service import Continuity
+from exporter.continuity.store import open_store
 from exporter.core import memory
 from exporter.core.errors import ConfigError, ExporterError
 from exporter.core.model import Sample
@@ -43,6 +44,8 @@ class Options:
     config_file: str | None = None
     listen_address: str = "127.0.0.1:10587"
     storage_path: str = "./data"
+    #: ``--storage.url``: PostgreSQL instead of SQLite; overrides ``continuity.store.url``.
+    storage_url: str | None = None
 
 
 def default_config() -> config.Config:
@@ -64,6 +67,7 @@ class Exporter:
         self.config: config.Config | None = None
         self.scheduler: Scheduler | None = None
         self.continuity: Continuity | None = None
+        self.store_url: str | None = None
         self.reload_ok = False
         self.reload_success_time = 0.0
         self.last_reload_error = ""
@@ -89,7 +93,9 @@ class Exporter:
     async def start(self) -> None:
         """Load the config and start the checks.  Raises ConfigError if the first load fails."""
         cfg = self.load_config()
-        self.continuity = Continuity(self.options.storage_path, self.snapshot)
+        self.store_url = self._store_url(cfg)
+        store = open_store(self.store_url, self.options.storage_path)
+        self.continuity = Continuity(self.options.storage_path, self.snapshot, store=store)
         await self.continuity.open(cfg)  # raises StoreError (an ExporterError) when the store cannot open
         built = self.build_checks(cfg)
         self.scheduler = Scheduler(
@@ -101,6 +107,11 @@ class Exporter:
         if self.options.config_file is None:
             described = ", ".join(c.key for c in built) or "nothing"
             log.info("no --config.file given; using the embedded default config", extra={"kv": {"checks": described}})
+
+    def _store_url(self, cfg: config.Config) -> str | None:
+        if self.options.storage_url:
+            return self.options.storage_url
+        return cfg.continuity.store.url.reveal() if cfg.continuity.store.url is not None else None
 
     def _swap(self, cfg: config.Config, built: list[Check]) -> None:
         assert self.scheduler is not None
@@ -123,6 +134,8 @@ class Exporter:
                 return self._reload_failed(str(exc))
             except ExporterError as exc:
                 return self._reload_failed(str(exc))
+            if self._store_url(cfg) != self.store_url:
+                log.warning("continuity.store changed: the new store is used after a restart")
             self._swap(cfg, built)
             log.info("configuration reloaded", extra={"kv": {"checks": len(built)}})
             return True, ""

@@ -114,6 +114,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="Directory for persistent state (the SQLite incident store). Created if missing. Default: ./data",
     )
     p.add_argument(
+        "--storage.url",
+        dest="storage_url",
+        metavar="URL",
+        default=None,
+        help="Keep incidents in PostgreSQL (postgresql://USER@HOST:PORT/DBNAME) instead of the SQLite file "
+        "under --storage.path; overrides continuity.store.url. Keep the password out of it (command lines "
+        "are visible to other users): use PGPASSWORD, a PGPASSFILE, or continuity.store.url_file. "
+        "Default: continuity.store.url, else SQLite",
+    )
+    p.add_argument(
         "--log.level",
         dest="log_level",
         choices=["debug", "info", "warn", "error"],
@@ -199,7 +209,7 @@ async def _serve(args: argparse.Namespace) -> int:
         print(str(exc), file=sys.stderr)
         print(f"web config invalid: {len(exc.issues)} error(s)", file=sys.stderr)
         return 1
-    exporter = Exporter(Options(args.config_file, args.listen_address, args.storage_path))
+    exporter = Exporter(Options(args.config_file, args.listen_address, args.storage_path, args.storage_url))
     try:
         await exporter.start()
     except ConfigError as exc:

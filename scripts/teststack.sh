@@ -2,7 +2,7 @@
 # teststack.sh - a real mail stack on loopback for the test suite.
 #
 # Usage: scripts/teststack.sh install|up|down|status|restart-postfix|stop SERVICE|start SERVICE
-#        SERVICE is one of: postfix dovecot lmtp unbound prometheus alertmanager
+#        SERVICE is one of: postfix dovecot lmtp unbound prometheus alertmanager postgresql
 #
 #   install          apt-get install the needed Debian packages (skipped when all
 #                    binaries exist; postfix is preseeded to "No configuration",
@@ -24,9 +24,10 @@
 #   restart-postfix  postfix stop + start of our instance.
 #   stop/start SVC   outage injection for tests.
 #
-# Needs root (creates the mail user, starts Postfix/Dovecot).  Everything binds to
-# 127.0.0.1 only; nothing is sent off the box (the Postfix relayhost is a dead
-# port on loopback, Unbound refuses everything outside its local zones).
+# Needs root (creates the mail user, starts Postfix/Dovecot, runs PostgreSQL as
+# the system user "postgres").  Everything binds to 127.0.0.1 only; nothing is
+# sent off the box (the Postfix relayhost is a dead port on loopback, Unbound
+# refuses everything outside its local zones).
 # up/down/start/stop/restart-postfix are serialised with flock on
 # "$MCE_STACK_DIR.lock" (e.g. /tmp/mce-teststack.lock), so concurrent callers
 # such as pytest-xdist workers do not race.  Outside the stack dir the script
@@ -34,6 +35,8 @@
 # and the default Postfix instance's main.cf, where the stack's config dir is
 # appended to alternate_config_directories (the default instance is never
 # started; a minimal /etc/postfix/main.cf is created if there is none).
+# ("install" of Debian's postgresql package also creates its default cluster,
+# e.g. /var/lib/postgresql/15/main; the stack never starts or uses it.)
 #
 # Environment:
 #   MCE_STACK_DIR    stack directory (default /tmp/mce-teststack); must be an
@@ -58,6 +61,7 @@
 #   2143 Dovecot IMAP (STARTTLS), 2993 IMAPS, 2424 LMTP, 2499 auth (for Postfix)
 #   2053 Unbound (UDP+TCP)
 #   29090 Prometheus, 29093 Alertmanager
+#   2432 PostgreSQL (TCP; its Unix socket is in $MCE_STACK_DIR/postgresql/run)
 #   2999 dead relay: nothing listens; mail for non-local domains is relayed
 #        there and stays deferred ("Connection refused").
 #   127.0.0.2:2525 dead MX (mx2.example.test), nothing listens.
@@ -138,11 +142,34 @@
 # repeat_interval 1m, clustering disabled.  Tests may rewrite its config and
 # POST /-/reload.
 #
+# PostgreSQL (the HA incident store): a cluster of its own in
+# $MCE_STACK_DIR/postgresql/data, made at "up" by initdb of the newest
+# /usr/lib/postgresql/<major>/bin that has the server (run as the system user
+# "postgres"; the cluster is then always run with its own major's binaries),
+# --auth-host=scram-sha-256 --auth-local=peer, UTF8, locale C.UTF-8 (C if
+# missing).  Role "mce" (LOGIN CREATEDB, random password, created in
+# single-user mode right after initdb) owns database "mce"; the superuser
+# "postgres" has no password (peer, Unix socket only).  The stack's settings
+# are in $MCE_STACK_DIR/postgresql/postgresql.conf, included at the end of the
+# data dir's postgresql.conf: listen_addresses 127.0.0.1, the Unix socket in
+# $MCE_STACK_DIR/postgresql/run, fsync, synchronous_commit and
+# full_page_writes on (real durability: the exporter's durability tests rely
+# on it), shared_buffers 32MB, max_connections 50, timezone UTC.  Started with
+# "pg_ctl start -w" (log: $MCE_STACK_DIR/postgresql/postgresql.log), stopped
+# with "pg_ctl stop -m fast"; "stop postgresql" returns once the port is closed,
+# "start postgresql" once pg_isready says it accepts connections; data survive.
+# After a SIGKILL of the postmaster, "start postgresql" first waits until the
+# killed server's processes are gone (a zombie postmaster or a child still
+# attached to the shared memory makes the new one refuse to start), then
+# PostgreSQL runs crash recovery.
+# "up" on a running stack made before PostgreSQL was part of it adds the
+# cluster, starts it and rewrites stack.json ("up: repaired").
+#
 # stack.json (top-level keys):
 #   version, stack_dir, host ("127.0.0.1"), hostname ("mx1.example.test"),
 #   local_domains, users {address: password}, ports {smtp, smtp_expired,
 #   smtp_selfsigned, smtp_wronghost, submission, smtps, imap, imaps, lmtp,
-#   dovecot_auth, dns, prometheus, alertmanager, dead_relay},
+#   dovecot_auth, dns, prometheus, alertmanager, dead_relay, postgresql},
 #   dead_relay {host, port}, dead_mx {hostname, host, port},
 #   certs {ca|valid|expired|selfsigned|wronghost|mtasts: {cert, key, chain,
 #          not_before, not_after, subject_cn, sans}}  (timestamps: Unix seconds;
@@ -156,7 +183,10 @@
 #   mta_sts {domain "sts.test", policy_host "mta-sts.sts.test", cert "mtasts"},
 #   prometheus {url, config, rules_dir, targets_dir, data_dir, log},
 #   alertmanager {url, config, data_dir, log, webhook_url},
-#   logs {postfix, dovecot, unbound, prometheus, alertmanager},
+#   postgresql {host, port, user ("mce"), password, database ("mce"),
+#               dsn ("postgresql://mce:PASSWORD@127.0.0.1:2432/mce"), data_dir,
+#               socket_dir, config, log, bin_dir (the cluster's major)},
+#   logs {postfix, dovecot, unbound, prometheus, alertmanager, postgresql},
 #   script (absolute path of this script).
 
 set -euo pipefail
@@ -198,16 +228,21 @@ PORT_DNS=$((2053 + PORT_OFFSET))
 PORT_PROMETHEUS=$((29090 + PORT_OFFSET))
 PORT_ALERTMANAGER=$((29093 + PORT_OFFSET))
 PORT_DEAD_RELAY=$((2999 + PORT_OFFSET))
+PORT_POSTGRESQL=$((2432 + PORT_OFFSET))
 
 VMAIL_USER=mcevmail
 USERS=(probe@example.test ops@example.test archive@archive.example.test replica@example.test)
-SERVICES=(postfix dovecot lmtp unbound prometheus alertmanager)
+SERVICES=(postfix dovecot lmtp unbound prometheus alertmanager postgresql)
 PACKAGES=(postfix dovecot-imapd dovecot-lmtpd dovecot-sieve unbound prometheus prometheus-alertmanager openssl
+    postgresql  # the HA incident store; binaries in /usr/lib/postgresql/<major>/bin (PG_BINARIES)
     prometheus-blackbox-exporter prometheus-postfix-exporter iproute2  # these three: benchmarks only
     systemd-journal-remote  # writes the real journal files of tests/test_logs_journal.py
     ldnsutils)  # ldns-keygen/ldns-signzone: the DNSSEC-signed zones (gen_dnssec)
 BINARIES=(postfix postconf postqueue postsuper dovecot doveadm doveconf sievec unbound unbound-checkconf prometheus prometheus-alertmanager openssl python3
     ldns-keygen ldns-signzone)
+# Not on PATH: looked for in /usr/lib/postgresql/<major>/bin (pg_newest_bin_dir);
+# tests/stack.py's POSTGRESQL_BINARIES mirrors this list.
+PG_BINARIES=(initdb pg_ctl postgres pg_isready psql)
 
 MARKER_NAME=.mce-teststack
 # Serialises up/down/start/stop of concurrent callers (e.g. pytest-xdist
@@ -252,6 +287,20 @@ AM_CONF="$AM_DIR/alertmanager.yml"
 AM_DATA="$AM_DIR/data"
 AM_LOG="$AM_DIR/alertmanager.log"
 AM_PID="$AM_DIR/alertmanager.pid"
+PG_DIR="$STACK_DIR/postgresql"
+PG_CONF="$PG_DIR/postgresql.conf"
+PG_DATA="$PG_DIR/data"
+PG_RUN="$PG_DIR/run"
+PG_LOG="$PG_DIR/postgresql.log"
+PG_START_LOG="$PG_DIR/start.log"
+PG_INIT_LOG="$PG_DIR/init.log"
+PG_PASSWORD="$PG_DIR/password"
+PG_OS_USER=postgres
+# In the process titles ("postgres: mce-teststack-2432: checkpointer"); the
+# port makes it unique among the stacks on this machine.
+PG_CLUSTER_NAME="mce-teststack-$PORT_POSTGRESQL"
+PG_ROLE=mce
+PG_DATABASE=mce
 
 # ----------------------------------------------------------------------------
 # helpers
@@ -292,6 +341,64 @@ missing_binaries() {
     # not on PATH: systemd installs it under lib/systemd
     [[ -x /lib/systemd/systemd-journal-remote || -x /usr/lib/systemd/systemd-journal-remote ]] ||
         printf '%s\n' systemd-journal-remote
+    # not on PATH either: /usr/lib/postgresql/<major>/bin
+    pg_newest_bin_dir >/dev/null || printf '%s\n' postgresql
+}
+
+# ----------------------------------------------------------------------------
+# PostgreSQL binaries
+
+# pg_bin_complete DIR: DIR has every one of PG_BINARIES (a client-only
+# postgresql-client-NN package has a bin dir without the server).
+pg_bin_complete() {
+    local b
+    for b in "${PG_BINARIES[@]}"; do
+        [[ -x $1/$b ]] || return 1
+    done
+}
+
+# Print the newest /usr/lib/postgresql/<major>/bin that has the server binaries.
+pg_newest_bin_dir() {
+    local d v found=
+    while IFS= read -r v; do
+        pg_bin_complete "/usr/lib/postgresql/$v/bin" && found="/usr/lib/postgresql/$v/bin"
+    done < <(for d in /usr/lib/postgresql/*/; do
+        [[ -d $d ]] && basename -- "$d"
+    done | sort -V)
+    [[ -n $found ]] || return 1
+    printf '%s\n' "$found"
+}
+
+# Print the bin dir to run our cluster with: that of the major in its
+# PG_VERSION (a data dir only runs with its own major), else the newest one
+# (no cluster yet, or non-root, who cannot read the data dir).
+pg_bin_dir() {
+    local v
+    if [[ -r $PG_DATA/PG_VERSION ]]; then
+        v=$(tr -dc '0-9.' <"$PG_DATA/PG_VERSION")
+        pg_bin_complete "/usr/lib/postgresql/$v/bin" ||
+            die "the cluster in $PG_DATA is PostgreSQL $v, but /usr/lib/postgresql/$v/bin is missing (run: $SCRIPT_PATH down; $SCRIPT_PATH up)"
+        printf '%s\n' "/usr/lib/postgresql/$v/bin"
+        return 0
+    fi
+    pg_newest_bin_dir
+}
+
+# pg_clean_env COMMAND...: run COMMAND without the caller's PG* variables
+# (PGHOST, PGSSLMODE, PGOPTIONS, ... would change what our tools connect to).
+pg_clean_env() {
+    local v
+    local -a unset=()
+    for v in $(compgen -e); do
+        [[ $v == PG* ]] && unset+=(-u "$v")
+    done
+    env "${unset[@]}" "$@"
+}
+
+# as_postgres COMMAND...: run COMMAND as the system user postgres (initdb and
+# the server refuse to run as root), from / (root's cwd may be closed to it).
+as_postgres() {
+    (cd / && pg_clean_env runuser -u "$PG_OS_USER" -- "$@" 9>&-)
 }
 
 require_binaries() {
@@ -528,11 +635,56 @@ unbound_up() { our_pid "$UB_PID" >/dev/null && probe dns "$HOST" "$PORT_DNS"; }
 prometheus_up() { our_pid "$PROM_PID" >/dev/null && probe http "http://$HOST:$PORT_PROMETHEUS/-/ready"; }
 alertmanager_up() { our_pid "$AM_PID" >/dev/null && probe http "http://$HOST:$PORT_ALERTMANAGER/-/ready"; }
 
+# Print the pid of our postmaster (first line of postmaster.pid).
+postgresql_pid() { our_pid "$PG_DATA/postmaster.pid"; }
+postgresql_running() {
+    postgresql_pid >/dev/null && return 0
+    # Non-root cannot enter the data dir (0700): look for our postmaster,
+    # started by pg_ctl as "postgres -D DATA_DIR".
+    [[ $(id -u) -ne 0 ]] || return 1
+    local f data
+    local -a args
+    data=$(tr -s / <<<"$PG_DATA")  # pg_ctl passes -D with "//" squeezed
+    for f in /proc/[0-9]*/cmdline; do
+        mapfile -d '' -t args <"$f" 2>/dev/null || continue
+        [[ ${args[0]:-} == */postgres && ${args[1]:-} == -D && ${args[2]:-} == "$data" ]] && return 0
+    done
+    return 1
+}
+# pg_isready over TCP as our role: no log line on the server (it hangs up at
+# the password request, which PostgreSQL does not log).
+postgresql_ready() {
+    local bin
+    bin=$(pg_bin_dir 2>/dev/null) || return 1
+    pg_clean_env "$bin/pg_isready" -q -t 2 -h "$HOST" -p "$PORT_POSTGRESQL" -U "$PG_ROLE" -d "$PG_DATABASE" </dev/null 9>&-
+}
+postgresql_up() { postgresql_running && postgresql_ready; }
+
+# Processes of an earlier postmaster of ours still exist: one killed with
+# SIGKILL stays a zombie until init reaps it, and its children exit only when
+# they notice.  A new postmaster refuses to start meanwhile ("lock file
+# postmaster.pid already exists", "pre-existing shared memory block is still
+# in use").
+postgresql_leftovers() {
+    local old st f first
+    old=$(head -n 1 "$PG_DATA/postmaster.pid" 2>/dev/null | tr -dc '0-9') || true
+    if [[ -n $old ]] && read -r -a st 2>/dev/null <"/proc/$old/stat"; then
+        [[ ${st[2]} == [ZX] || ${st[1]} == "(postgres)" ]] && return 0
+    fi
+    for f in /proc/[0-9]*/cmdline; do
+        first=
+        IFS= read -r -d "" first 2>/dev/null <"$f" || true  # titles may lack the final NUL
+        [[ $first == "postgres: $PG_CLUSTER_NAME: "* ]] && return 0
+    done
+    return 1
+}
+postgresql_gone() { ! postgresql_leftovers; }
+
 service_up() { "${1}_up"; }
 
 any_running() {
     postfix_running || dovecot_running || our_pid "$UB_PID" >/dev/null ||
-        our_pid "$PROM_PID" >/dev/null || our_pid "$AM_PID" >/dev/null
+        our_pid "$PROM_PID" >/dev/null || our_pid "$AM_PID" >/dev/null || postgresql_running
 }
 
 all_up() {
@@ -601,7 +753,7 @@ prepare_stack_dir() {
     chmod 0755 "$STACK_DIR"
     : >"$STACK_DIR/$MARKER_NAME"
     mkdir -p "$CERT_DIR" "$PF_ETC" "$DC_DIR" "$DC_RUN" "$DC_STATE" "$DC_DIR/sieve" \
-        "$UB_DIR" "$PROM_DIR" "$PROM_DATA" "$PROM_RULES" "$PROM_TARGETS" "$AM_DIR" "$AM_DATA"
+        "$UB_DIR" "$PROM_DIR" "$PROM_DATA" "$PROM_RULES" "$PROM_TARGETS" "$AM_DIR" "$AM_DATA" "$PG_DIR"
     mkdir -p "$MAIL_DIR" "$HOME_DIR"
     chown "$VMAIL_USER:$VMAIL_USER" "$MAIL_DIR" "$HOME_DIR"
     chmod 0755 "$MAIL_DIR" "$HOME_DIR"
@@ -633,6 +785,13 @@ gen_passwords() {
     for u in "${USERS[@]}"; do
         printf '%s:{PLAIN}%s::::::\n' "$u" "$(openssl rand -hex 12)" >>"$DC_USERS"
     done
+    gen_postgresql_password
+}
+
+# The password of the PostgreSQL role (hex: nothing to quote in SQL or URLs).
+gen_postgresql_password() {
+    mkdir -p "$PG_DIR"
+    (umask 077 && openssl rand -hex 16 >"$PG_PASSWORD")
 }
 
 register_alternate_config_dir() {
@@ -1175,6 +1334,74 @@ EOF
     fi
 }
 
+# The stack's PostgreSQL settings (no cluster yet: init_postgresql makes it
+# and includes this file from the data dir's postgresql.conf).
+gen_postgresql() {
+    mkdir -p "$PG_DIR"
+    cat >"$PG_CONF" <<EOF
+# Generated by teststack.sh - settings of the stack's private PostgreSQL
+# cluster ($PG_DATA),
+# included at the end of $PG_DATA/postgresql.conf.
+cluster_name = '$PG_CLUSTER_NAME'
+listen_addresses = '$HOST'
+port = $PORT_POSTGRESQL
+unix_socket_directories = '$PG_RUN'
+max_connections = 50
+shared_buffers = 32MB
+password_encryption = 'scram-sha-256'
+# Real durability: the exporter's durability tests depend on fsync.
+fsync = on
+synchronous_commit = on
+full_page_writes = on
+timezone = 'UTC'
+log_timezone = 'UTC'
+log_line_prefix = '%m [%p] %q%u@%d '
+EOF
+    chmod 0644 "$PG_CONF"
+}
+
+# Create the cluster: initdb as the system user postgres, include $PG_CONF,
+# then the role and database in single-user mode (no socket, no password
+# prompt).  Needs gen_postgresql and gen_postgresql_password first.
+# Runs in the background during "up" (see cmd_up): no output on stdout.
+init_postgresql() {
+    local bin locale=C pw sock started=$SECONDS
+    getent passwd "$PG_OS_USER" >/dev/null ||
+        die "no system user $PG_OS_USER (Debian package postgresql): run $SCRIPT_PATH install"
+    bin=$(pg_newest_bin_dir) || die "no PostgreSQL server in /usr/lib/postgresql/*/bin: run $SCRIPT_PATH install"
+    sock="$PG_RUN/.s.PGSQL.$PORT_POSTGRESQL"
+    ((${#sock} <= 107)) || die "PostgreSQL's socket path $sock is longer than 107 bytes: use a shorter MCE_STACK_DIR"
+    pw=$(<"$PG_PASSWORD")
+    [[ $pw =~ ^[0-9a-f]+$ ]] || die "bad password in $PG_PASSWORD"
+    locale -a 2>/dev/null | grep -qixE 'c\.utf-?8' && locale=C.UTF-8
+    mkdir -p "$PG_DATA" "$PG_RUN"
+    chown "$PG_OS_USER:$PG_OS_USER" "$PG_DATA" "$PG_RUN"
+    chmod 0700 "$PG_DATA"
+    chmod 0755 "$PG_RUN"
+    : >"$PG_LOG"
+    chown "$PG_OS_USER:$PG_OS_USER" "$PG_LOG"
+    chmod 0644 "$PG_LOG"
+    (umask 077 && : >"$PG_INIT_LOG")
+    as_postgres test -w "$PG_DATA" ||
+        die "the user $PG_OS_USER cannot write to $PG_DATA (is a parent of $STACK_DIR closed to other users?)"
+    as_postgres "$bin/initdb" -D "$PG_DATA" --username="$PG_OS_USER" \
+        --auth-host=scram-sha-256 --auth-local=peer --encoding=UTF8 --locale="$locale" \
+        --no-instructions </dev/null >>"$PG_INIT_LOG" 2>&1 || {
+        tail_log "$PG_INIT_LOG"
+        die "initdb of $PG_DATA failed"
+    }
+    printf "\n# teststack.sh: the stack's settings\ninclude '%s'\n" "$PG_CONF" >>"$PG_DATA/postgresql.conf"
+    # exit_on_error: a failing statement ends the backend with exit code 1.
+    printf '%s\n' \
+        "CREATE ROLE $PG_ROLE LOGIN CREATEDB PASSWORD '$pw';" \
+        "CREATE DATABASE $PG_DATABASE OWNER $PG_ROLE;" |
+        as_postgres "$bin/postgres" --single -D "$PG_DATA" -c exit_on_error=on postgres >>"$PG_INIT_LOG" 2>&1 || {
+        tail_log "$PG_INIT_LOG"
+        die "creating the role $PG_ROLE and database $PG_DATABASE failed"
+    }
+    log "postgresql cluster created in $((SECONDS - started))s ($bin, locale $locale)"
+}
+
 write_stack_json() {
     local tmp="$STACK_JSON.tmp"
     local ports
@@ -1182,13 +1409,18 @@ write_stack_json() {
         "$PORT_SMTP" "$PORT_SMTP_EXPIRED" "$PORT_SMTP_SELFSIGNED" "$PORT_SMTP_WRONGHOST"
         printf '"submission": %d, "smtps": %d, "imap": %d, "imaps": %d, "lmtp": %d, ' \
             "$PORT_SUBMISSION" "$PORT_SMTPS" "$PORT_IMAP" "$PORT_IMAPS" "$PORT_LMTP"
-        printf '"dovecot_auth": %d, "dns": %d, "prometheus": %d, "alertmanager": %d, "dead_relay": %d' \
-            "$PORT_AUTH" "$PORT_DNS" "$PORT_PROMETHEUS" "$PORT_ALERTMANAGER" "$PORT_DEAD_RELAY")
+        printf '"dovecot_auth": %d, "dns": %d, "prometheus": %d, "alertmanager": %d, "dead_relay": %d, ' \
+            "$PORT_AUTH" "$PORT_DNS" "$PORT_PROMETHEUS" "$PORT_ALERTMANAGER" "$PORT_DEAD_RELAY"
+        printf '"postgresql": %d' "$PORT_POSTGRESQL")
+    [[ -r $PG_PASSWORD ]] || die "no PostgreSQL password file $PG_PASSWORD"
     STACK_DIR="$STACK_DIR" SCRIPT_PATH="$SCRIPT_PATH" WEBHOOK_URL="$WEBHOOK_URL" \
         DC_USERS="$DC_USERS" CERT_DIR="$CERT_DIR" UB_DIR="$UB_DIR" PORTS="{$ports}" \
         DNSSEC_DIR="$DNSSEC_DIR" DNSSEC_ZONES="${DNSSEC_ZONES[*]}" \
+        PG_PASSWORD="$PG_PASSWORD" PG_BIN="$(pg_bin_dir 2>/dev/null || true)" \
+        PG_ROLE="$PG_ROLE" PG_DATABASE="$PG_DATABASE" \
         python3 - "$tmp" <<'PY'
 import json, os, sys
+from urllib.parse import quote
 d = os.environ["STACK_DIR"]
 host = "127.0.0.1"
 ports = json.loads(os.environ["PORTS"])
@@ -1207,7 +1439,12 @@ logs = {
     "unbound": f"{d}/unbound/unbound.log",
     "prometheus": f"{d}/prometheus/prometheus.log",
     "alertmanager": f"{d}/alertmanager/alertmanager.log",
+    "postgresql": f"{d}/postgresql/postgresql.log",
 }
+with open(os.environ["PG_PASSWORD"]) as fh:
+    pg_password = fh.read().strip()
+pg_role, pg_db = os.environ["PG_ROLE"], os.environ["PG_DATABASE"]
+pg_port = ports["postgresql"]
 data = {
     "version": 1,
     "stack_dir": d,
@@ -1266,6 +1503,19 @@ data = {
         "data_dir": f"{d}/alertmanager/data",
         "log": logs["alertmanager"],
         "webhook_url": os.environ["WEBHOOK_URL"],
+    },
+    "postgresql": {
+        "host": host,
+        "port": pg_port,
+        "user": pg_role,
+        "password": pg_password,
+        "database": pg_db,
+        "dsn": f"postgresql://{quote(pg_role, safe='')}:{quote(pg_password, safe='')}@{host}:{pg_port}/{quote(pg_db, safe='')}",
+        "data_dir": f"{d}/postgresql/data",
+        "socket_dir": f"{d}/postgresql/run",
+        "config": f"{d}/postgresql/postgresql.conf",
+        "log": logs["postgresql"],
+        "bin_dir": os.environ["PG_BIN"],
     },
     "logs": logs,
 }
@@ -1430,16 +1680,59 @@ start_alertmanager() {
 
 stop_alertmanager() { kill_pidfile "$AM_PID" alertmanager; }
 
+start_postgresql() {
+    local bin
+    if ! postgresql_running; then
+        [[ -f $PG_DATA/PG_VERSION ]] ||
+            die "no PostgreSQL cluster in $PG_DATA (run: $SCRIPT_PATH down; $SCRIPT_PATH up)"
+        bin=$(pg_bin_dir) || die "no PostgreSQL server in /usr/lib/postgresql/*/bin: run $SCRIPT_PATH install"
+        if [[ ! -e $PG_LOG ]]; then
+            : >"$PG_LOG"
+            chown "$PG_OS_USER:$PG_OS_USER" "$PG_LOG"
+        fi
+        if postgresql_leftovers; then
+            log "waiting for the processes of the previous postgresql to exit"
+            wait_until "the previous postgresql's processes to exit" "$PG_LOG" postgresql_gone
+        fi
+        log "starting postgresql"
+        # pg_ctl runs the postmaster in a session of its own, stdin /dev/null,
+        # stdout and stderr into $PG_LOG.
+        as_postgres "$bin/pg_ctl" start -D "$PG_DATA" -l "$PG_LOG" -w -t "$WAIT_TIMEOUT" \
+            </dev/null >>"$PG_START_LOG" 2>&1 || {
+            tail_log "$PG_START_LOG" "$PG_LOG"
+            die "pg_ctl start -D $PG_DATA failed"
+        }
+    fi
+    wait_until "postgresql on $HOST:$PORT_POSTGRESQL" "$PG_START_LOG $PG_LOG" postgresql_up
+}
+
+stop_postgresql() {
+    local bin pid
+    if pid=$(postgresql_pid); then
+        bin=$(pg_bin_dir) || die "no PostgreSQL server in /usr/lib/postgresql/*/bin"
+        log "stopping postgresql (pid $pid)"
+        as_postgres "$bin/pg_ctl" stop -D "$PG_DATA" -m fast -w -t "$WAIT_TIMEOUT" \
+            </dev/null >>"$PG_START_LOG" 2>&1 || {
+            log "postgresql did not stop (fast shutdown), stopping it with -m immediate"
+            as_postgres "$bin/pg_ctl" stop -D "$PG_DATA" -m immediate -w -t "$WAIT_TIMEOUT" \
+                </dev/null >>"$PG_START_LOG" 2>&1 || true
+        }
+    fi
+    wait_until "postgresql to stop" "$PG_START_LOG $PG_LOG" tcp_closed "$PORT_POSTGRESQL"
+}
+
 start_all() {
     start_unbound
     start_dovecot
     start_lmtp
     start_postfix
+    start_postgresql
     start_alertmanager
     start_prometheus
 }
 
 stop_all() {
+    stop_postgresql
     stop_prometheus
     stop_alertmanager
     stop_postfix
@@ -1460,7 +1753,23 @@ cmd_up() {
     fi
     if [[ -f $STACK_JSON && -f $STACK_DIR/$MARKER_NAME ]] && any_running; then
         log "stack partially up, starting the missing services"
+        local add_pg=
+        if [[ ! -f $PG_DATA/PG_VERSION ]] && ! postgresql_running; then
+            # A stack made by a teststack.sh without PostgreSQL: add it.
+            log "the stack has no postgresql cluster yet, creating it"
+            rm -rf --one-file-system "$PG_DIR"
+            gen_postgresql_password
+            gen_postgresql
+            init_postgresql
+            add_pg=1
+        fi
         start_all
+        if [[ -n $add_pg ]]; then
+            # keep the webhook URL the running Alertmanager was configured with
+            WEBHOOK_URL=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["alertmanager"]["webhook_url"])' \
+                "$STACK_JSON") || die "cannot read $STACK_JSON"
+            write_stack_json
+        fi
         log "stack up ($STACK_JSON)"
         echo "up: repaired"
         return 0
@@ -1472,14 +1781,20 @@ cmd_up() {
     log "generating stack in $STACK_DIR"
     ensure_vmail_user
     prepare_stack_dir
+    gen_passwords
+    gen_postgresql
+    # initdb takes a second or two: let it run while the rest is generated.
+    local pg_init_pid
+    init_postgresql 9>&- &
+    pg_init_pid=$!
     gen_certs
     gen_dnssec
-    gen_passwords
     gen_postfix
     gen_dovecot
     gen_unbound
     gen_prometheus
     gen_alertmanager
+    wait "$pg_init_pid" || die "creating the postgresql cluster failed (see above and $PG_INIT_LOG)"
     start_all
     write_stack_json
     log "stack up ($STACK_JSON)"

@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "teststack.sh"
 DEFAULT_STACK_DIR = "/tmp/mce-teststack"
 
-SERVICES = ("postfix", "dovecot", "lmtp", "unbound", "prometheus", "alertmanager")
+SERVICES = ("postfix", "dovecot", "lmtp", "unbound", "prometheus", "alertmanager", "postgresql")
 # Kept in sync with BINARIES in scripts/teststack.sh (minus python3).
 REQUIRED_BINARIES = (
     "postfix",
@@ -43,6 +43,10 @@ REQUIRED_BINARIES = (
     "ldns-keygen",
     "ldns-signzone",
 )
+# Not on PATH: in /usr/lib/postgresql/<major>/bin (Debian's package postgresql).
+# Kept in sync with PG_BINARIES and pg_newest_bin_dir in scripts/teststack.sh.
+POSTGRESQL_BINARIES = ("initdb", "pg_ctl", "postgres", "pg_isready", "psql")
+POSTGRESQL_LIB_DIR = Path("/usr/lib/postgresql")
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -66,9 +70,33 @@ def tool(name: str) -> str:
     return found
 
 
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in name.split(".") if part.isdigit())
+
+
+def postgresql_bin_dir() -> Path | None:
+    """The newest ``/usr/lib/postgresql/<major>/bin`` with the server binaries, or None.
+
+    (The stack's cluster runs with the major that created it: stack.json's
+    ``postgresql.bin_dir``.)
+    """
+    try:
+        majors = [d for d in POSTGRESQL_LIB_DIR.iterdir() if d.is_dir() and _version_key(d.name)]
+    except OSError:
+        return None
+    for major in sorted(majors, key=lambda d: _version_key(d.name), reverse=True):
+        bin_dir = major / "bin"
+        if all(os.access(bin_dir / b, os.X_OK) for b in POSTGRESQL_BINARIES):
+            return bin_dir
+    return None
+
+
 def missing_binaries() -> list[str]:
     path = tool_env()["PATH"]
-    return [b for b in REQUIRED_BINARIES if shutil.which(b, path=path) is None]
+    missing = [b for b in REQUIRED_BINARIES if shutil.which(b, path=path) is None]
+    if postgresql_bin_dir() is None:
+        missing.append("postgresql")
+    return missing
 
 
 def run_script(*args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
@@ -204,6 +232,12 @@ class Stack:
     def mta_sts(self) -> Mapping[str, Any]:
         """stack.json "mta_sts": domain, policy_host, cert (a key of ``certs``)."""
         return _ro(self.raw["mta_sts"])
+
+    @property
+    def postgresql(self) -> Mapping[str, Any]:
+        """stack.json "postgresql": host, port, user, password, database, dsn (a libpq
+        ``postgresql://`` URL with the password), data_dir, socket_dir, config, log, bin_dir."""
+        return _ro(self.raw["postgresql"])
 
     # -- outage injection -------------------------------------------------
 

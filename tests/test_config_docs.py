@@ -196,7 +196,7 @@ def test_schema_walk_finds_nested_and_union_dataclasses() -> None:
         assert name in SCHEMA
     assert {"global", "from", "to", "min_healthy_mx", "password", "bearer_token"} <= set(ALL_KEYS)
     assert "global_" not in ALL_KEYS and "mail_from" not in ALL_KEYS
-    assert SECRET_KEYS == ["bearer_token", "password"]
+    assert SECRET_KEYS == ["bearer_token", "password", "url"]
 
 
 @pytest.mark.parametrize("key", ALL_KEYS)

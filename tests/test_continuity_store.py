@@ -1,4 +1,9 @@
-"""The SQLite incident store and the incident rules, against a real database file."""
+"""The SQLite incident store and the incident rules, against a real database file.
+
+The store-independent tests here also run against PostgreSQL: test_continuity_store_pg.py
+imports them by name (with its own ``store`` fixture).  Keep them to the :class:`Store`
+interface (plus ``_write``, ``_read`` and ``stats``, which both stores have).
+"""
 
 from __future__ import annotations
 

@@ -51,6 +51,7 @@ BASE_PORTS = {
     "prometheus": 29090,
     "alertmanager": 29093,
     "dead_relay": 2999,
+    "postgresql": 2432,
 }
 DEMO_PORTS = {name: port + OFFSET for name, port in BASE_PORTS.items()}
 EXPORTER_PORT = 11587

@@ -140,6 +140,8 @@ def test_every_runtime_import_is_a_declared_dependency() -> None:
         "yaml",
         "yarl",
         "multidict",
+        "psycopg",
+        "psycopg_pool",
     }  # yarl and multidict are aiohttp's own dependencies
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
     names = {d.split(">")[0].split("=")[0].strip().lower() for d in meta["project"]["dependencies"]}
@@ -152,6 +154,8 @@ def test_every_runtime_import_is_a_declared_dependency() -> None:
         "dnspython",
         "prometheus-client",
         "pyyaml",
+        "psycopg[binary]",
+        "psycopg-pool",
     } <= names
     found: set[str] = set()
     for path in (ROOT / "exporter").rglob("*.py"):

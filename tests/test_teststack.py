@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import imaplib
+import os
+import signal
 import smtplib
 import socket
 import ssl
+import stat
+import subprocess
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any, TypeVar
 
 import dns.exception
@@ -380,3 +386,155 @@ def test_prometheus_and_alertmanager_ready(stack) -> None:
     assert http_status(f"{stack.alertmanager_url}/-/ready") == 200
     assert stack.prometheus_rules_dir.is_dir()
     assert stack.prometheus_targets_dir.is_dir()
+
+
+# -- PostgreSQL ---------------------------------------------------------------
+
+try:
+    import psycopg
+except ImportError:  # then the cluster's own psql (stack.json "postgresql.bin_dir")
+    psycopg = None  # type: ignore[assignment]
+
+
+class PgError(Exception):
+    """A connection or statement failed (psycopg's error, or psql's stderr)."""
+
+
+def pg_url(stack, *, password: str | None = None, dbname: str | None = None) -> str:
+    """A libpq URL for the stack's role over TCP (default: its own password and database)."""
+    pg = stack.postgresql
+    user = urllib.parse.quote(pg["user"], safe="")
+    secret = urllib.parse.quote(pg["password"] if password is None else password, safe="")
+    db = urllib.parse.quote(pg["database"] if dbname is None else dbname, safe="")
+    return f"postgresql://{user}:{secret}@{pg['host']}:{pg['port']}/{db}?connect_timeout=5&sslmode=disable"
+
+
+def pg_query(stack, url: str, sql: str) -> list[tuple[str, ...]]:
+    """Run one statement (autocommit) and return its rows as tuples of str."""
+    if psycopg is not None:
+        try:
+            with psycopg.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+                cur.execute(sql.encode())  # bytes: a plain statement, not a template
+                rows = cur.fetchall() if cur.description is not None else []
+        except psycopg.Error as exc:
+            raise PgError(str(exc)) from exc
+        return [tuple(str(v) for v in row) for row in rows]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    proc = subprocess.run(
+        [f"{stack.postgresql['bin_dir']}/psql", "-X", "-q", "-A", "-t", "-F", "\t",
+         "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=30, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise PgError(proc.stderr.strip())
+    return [tuple(line.split("\t")) for line in proc.stdout.splitlines() if line]
+
+
+def test_postgresql_stack_json(stack) -> None:
+    pg = stack.postgresql
+    assert pg["host"] == stack.host == "127.0.0.1"
+    assert pg["port"] == stack.port("postgresql")
+    assert (pg["user"], pg["database"]) == ("mce", "mce")
+    assert len(pg["password"]) >= 16
+    assert pg["dsn"] == f"postgresql://mce:{pg['password']}@127.0.0.1:{pg['port']}/mce"
+    assert pg["data_dir"] == f"{stack.stack_dir}/postgresql/data"
+    assert pg["socket_dir"] == f"{stack.stack_dir}/postgresql/run"
+    assert stack.raw["logs"]["postgresql"] == pg["log"]
+    bin_dir = Path(pg["bin_dir"])
+    assert bin_dir.parent.parent == Path("/usr/lib/postgresql") and (bin_dir / "pg_ctl").is_file()
+    # the Unix socket is in the stack dir, not in /var/run/postgresql
+    assert stat.S_ISSOCK(os.stat(f"{pg['socket_dir']}/.s.PGSQL.{pg['port']}").st_mode)
+
+
+def test_postgresql_answers_with_the_password_only(stack) -> None:
+    pg = stack.postgresql
+    assert pg_query(stack, pg["dsn"], "SELECT current_user, current_database()") == [("mce", "mce")]
+    assert pg_query(stack, pg_url(stack), "SHOW server_encoding") == [("UTF8",)]
+    with pytest.raises(PgError, match='password authentication failed for user "mce"'):
+        pg_query(stack, pg_url(stack, password="wrong-" + pg["password"]), "SELECT 1")
+    # the superuser has no password: peer authentication on the Unix socket only
+    with pytest.raises(PgError, match='password authentication failed for user "postgres"'):
+        pg_query(stack, pg_url(stack).replace("//mce:", "//postgres:", 1), "SELECT 1")
+
+
+def test_postgresql_is_durable(stack) -> None:
+    url = pg_url(stack)
+    assert pg_query(stack, url, "SHOW fsync") == [("on",)]
+    assert pg_query(stack, url, "SHOW synchronous_commit") == [("on",)]
+    assert pg_query(stack, url, "SHOW full_page_writes") == [("on",)]
+
+
+def test_postgresql_listens_on_loopback_only(stack) -> None:
+    port = stack.port("postgresql")
+    listening = set()
+    with open("/proc/net/tcp") as fh:
+        for line in fh.readlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            addr, hexport = local.split(":")
+            if state == "0A" and int(hexport, 16) == port:
+                listening.add(addr)
+    assert listening == {"0100007F"}  # 127.0.0.1
+    with open("/proc/net/tcp6") as fh:
+        assert not [ln for ln in fh.readlines()[1:] if int(ln.split()[1].split(":")[1], 16) == port]
+
+
+def test_postgresql_role_can_create_a_database(stack) -> None:
+    name = f"mce_t_{uuid.uuid4().hex[:12]}"
+    pg_query(stack, pg_url(stack), f"CREATE DATABASE {name}")
+    try:
+        assert pg_query(stack, pg_url(stack, dbname=name), "SELECT current_database()") == [(name,)]
+    finally:
+        pg_query(stack, pg_url(stack), f"DROP DATABASE IF EXISTS {name}")
+    assert pg_query(stack, pg_url(stack), f"SELECT 1 FROM pg_database WHERE datname = '{name}'") == []
+
+
+def test_postgresql_stop_and_start_keep_the_data(stack) -> None:
+    url = pg_url(stack)
+    table = f"t_{uuid.uuid4().hex[:12]}"
+    pg_query(stack, url, f"CREATE TABLE {table} (id int PRIMARY KEY, note text NOT NULL)")
+    try:
+        pg_query(stack, url, f"INSERT INTO {table} VALUES (1, 'before the restart')")
+        stack.stop("postgresql")
+        try:
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((stack.host, stack.port("postgresql")), timeout=5).close()
+            with pytest.raises(PgError):
+                pg_query(stack, url, "SELECT 1")
+        finally:
+            stack.start("postgresql")
+        assert pg_query(stack, url, f"SELECT id, note FROM {table}") == [("1", "before the restart")]
+    finally:
+        pg_query(stack, url, f"DROP TABLE IF EXISTS {table}")
+
+
+def test_postgresql_recovers_committed_data_after_sigkill(stack) -> None:
+    """A committed row survives SIGKILL of the postmaster (fsync on); start postgresql
+    waits for the killed server's processes to go, then crash recovery runs."""
+    if os.geteuid() != 0:
+        pytest.skip("killing the postgres-owned postmaster needs root")
+    url = pg_url(stack)
+    table = f"t_{uuid.uuid4().hex[:12]}"
+    pg_query(stack, url, f"CREATE TABLE {table} (id int PRIMARY KEY)")
+    try:
+        pg_query(stack, url, f"INSERT INTO {table} VALUES (42)")
+        pid_file = Path(stack.postgresql["data_dir"]) / "postmaster.pid"
+        log_size = os.path.getsize(stack.postgresql["log"])
+        os.kill(int(pid_file.read_text().splitlines()[0]), signal.SIGKILL)
+        try:
+            poll("the killed postmaster's port to close", lambda: not _accepts(stack), 10.0)
+        finally:
+            stack.start("postgresql")
+        assert pg_query(stack, url, f"SELECT id FROM {table}") == [("42",)]
+        with open(stack.postgresql["log"], errors="replace") as fh:
+            fh.seek(log_size)
+            assert "database system was not properly shut down" in fh.read()
+    finally:
+        pg_query(stack, url, f"DROP TABLE IF EXISTS {table}")
+
+
+def _accepts(stack) -> bool:
+    try:
+        socket.create_connection((stack.host, stack.port("postgresql")), timeout=2).close()
+    except OSError:
+        return False
+    return True

@@ -21,7 +21,7 @@ import pytest
 from stack import SCRIPT, missing_binaries, tool_env
 
 #: Every port of the stack at offset 0, and the exporter's (the default webhook URL).
-PORTS = (2525, 2526, 2527, 2528, 2587, 2465, 2143, 2993, 2424, 2499, 2053, 29090, 29093, 2999, 10587)
+PORTS = (2525, 2526, 2527, 2528, 2587, 2465, 2143, 2993, 2424, 2499, 2053, 29090, 29093, 2999, 2432, 10587)
 PORT_RE = re.compile(r"(?<![0-9])(" + "|".join(map(str, PORTS)) + r")(?![0-9])")
 OFFSET = 1234
 SCRATCH = "/tmp/mce-offset-test"
@@ -33,6 +33,7 @@ GENERATED = (
     "unbound/zones.conf",
     "prometheus/prometheus.yml",
     "alertmanager/alertmanager.yml",
+    "postgresql/postgresql.conf",
     "stack.json",
 )
 #: Sources the script without running main, stubs the one step that writes outside the
@@ -45,14 +46,16 @@ eval "${script%$'\n'*}"
 register_alternate_config_dir() { :; }
 rm -rf "$STACK_DIR"
 mkdir -p "$CERT_DIR" "$PF_ETC" "$DC_DIR" "$DC_RUN" "$DC_STATE" "$DC_DIR/sieve" "$UB_DIR" \
-    "$PROM_DIR" "$PROM_RULES" "$PROM_TARGETS" "$AM_DIR"
+    "$PROM_DIR" "$PROM_RULES" "$PROM_TARGETS" "$AM_DIR" "$PG_DIR"
 echo '{"ca": {"cert": "ca.pem"}}' >"$CERT_DIR/certs.json"
 printf 'probe@example.test:{PLAIN}pw-probe::::::\n' >"$DC_USERS"
+echo pw-pg >"$PG_PASSWORD"
 gen_postfix
 gen_dovecot
 gen_unbound
 gen_prometheus
 gen_alertmanager
+gen_postgresql
 write_stack_json
 """
 

@@ -631,6 +631,20 @@ class MaintenanceWindow:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """Where incidents are kept: SQLite under ``--storage.path`` (default), or PostgreSQL."""
+
+    #: ``postgresql://user@host:port/dbname`` (libpq URL; the password may be in it, or come
+    #: from PGPASSWORD / PGPASSFILE).  Unset: the SQLite file under ``--storage.path``.
+    url: Secret | None = None
+
+    def validate(self) -> list[tuple[str, str]]:
+        if self.url is not None and not self.url.reveal().startswith(("postgresql://", "postgres://")):
+            return [("url", "expected a postgresql:// URL (unset: the SQLite store under --storage.path)")]
+        return []
+
+
+@dataclass(frozen=True)
 class ReconcileConfig:
     alertmanager_url: str | None = None
     interval: Duration = 300.0
@@ -651,6 +665,7 @@ class ContinuityConfig:
     datasets: tuple[DatasetConfig, ...] = ()
     maintenance: tuple[MaintenanceWindow, ...] = ()
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     def validate(self) -> list[tuple[str, str]]:
         out = []

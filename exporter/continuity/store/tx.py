@@ -16,13 +16,14 @@ __all__ = ["OPS", "Op", "SqliteTx", "apply_op"]
 import math
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from exporter.continuity.incidents import (
     AlertEvent,
     Changes,
     ImportRecord,
     IncidentRow,
+    IncidentTx,
     StoredAlert,
     apply_event,
     import_record,
@@ -178,7 +179,7 @@ class SqliteTx:
 # --- write operations -------------------------------------------------------------------------
 
 
-def _op_ingest(tx: SqliteTx, events: Sequence[AlertEvent], now: float) -> Changes:
+def _op_ingest(tx: IncidentTx, events: Sequence[AlertEvent], now: float) -> Changes:
     changes = Changes()
     for ev in events:
         apply_event(tx, ev, now, changes)
@@ -186,7 +187,7 @@ def _op_ingest(tx: SqliteTx, events: Sequence[AlertEvent], now: float) -> Change
 
 
 def _op_reconcile(
-    tx: SqliteTx, active: frozenset[tuple[str, int]], events: Sequence[AlertEvent], fetched_at: float, now: float
+    tx: IncidentTx, active: frozenset[tuple[str, int]], events: Sequence[AlertEvent], fetched_at: float, now: float
 ) -> Changes:
     changes = Changes()
     resolve_missing(tx, active, fetched_at, now, changes)
@@ -195,13 +196,13 @@ def _op_reconcile(
     return changes
 
 
-def _op_promote(tx: SqliteTx, now: float) -> Changes:
+def _op_promote(tx: IncidentTx, now: float) -> Changes:
     changes = Changes()
     promote_overruns(tx, now, changes)
     return changes
 
 
-def _op_import(tx: SqliteTx, records: Sequence[ImportRecord], now: float) -> Changes:
+def _op_import(tx: IncidentTx, records: Sequence[ImportRecord], now: float) -> Changes:
     changes = Changes()
     for rec in records:
         import_record(tx, rec, now, changes)
@@ -216,9 +217,11 @@ OPS: dict[str, Callable[..., Any]] = {
 }
 #: An operation: (name in OPS, arguments); the thread writer also takes a plain function of the transaction.
 Op = tuple[str, tuple[Any, ...]] | Callable[[SqliteTx], Any]
+TxT = TypeVar("TxT", bound=IncidentTx)
 
 
-def apply_op(tx: SqliteTx, op: Op) -> Any:
+def apply_op(tx: TxT, op: tuple[str, tuple[Any, ...]] | Callable[[TxT], Any]) -> Any:
+    """Run one operation in ``tx``: the OPS run on any store's :class:`IncidentTx` (PostgreSQL's too)."""
     if callable(op):
         return op(tx)
     name, args = op

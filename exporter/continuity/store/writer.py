@@ -1,5 +1,8 @@
 """The writer: the one thread or process that writes the SQLite file, with group commit.
 
+(:class:`GroupCommitThread`, the batching and answering half of :class:`ThreadWriter`,
+is store-independent: the PostgreSQL store's writer thread is one too.)
+
 **Group commit.**  Every commit is fsynced (see :mod:`.schema`), so to keep that
 affordable the writer takes every request that is waiting, applies each inside one
 transaction, commits once (one fsync), and only then answers the requests.  A request
@@ -19,6 +22,7 @@ from __future__ import annotations
 __all__ = [
     "MAX_BATCH",
     "STOP",
+    "GroupCommitThread",
     "ProcessWriter",
     "Request",
     "ThreadWriter",
@@ -103,7 +107,7 @@ STOP = object()
 
 @dataclass
 class Request:
-    op: Op
+    op: Any  # an operation of the writer's store (SQLite: a tx.Op)
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
 
@@ -118,12 +122,20 @@ def _deliver(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]])
             fut.set_result(result)
 
 
-class ThreadWriter(threading.Thread):
-    """The one thread that writes: batches waiting requests into one transaction (group commit)."""
+class GroupCommitThread(threading.Thread):
+    """A thread that commits every waiting request together (group commit), then answers them.
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(name="continuity-store-writer", daemon=True)
-        self.path = path
+    The store-independent half of a writer thread: the queue, the batching (what the
+    event loop handed over together, plus whatever else is waiting, up to
+    :data:`MAX_BATCH`), the statistics and the answers to the waiting futures.  A store
+    says how: :meth:`setup` (in the thread, before the first request; what it raises is
+    :attr:`open_error`), :meth:`commit` (one batch of operations, each one's
+    (result, error)) and :meth:`teardown`.  :class:`ThreadWriter` is SQLite's;
+    :class:`~exporter.continuity.store.postgres.PostgresStore` has PostgreSQL's.
+    """
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name=name, daemon=True)
         # Items are lists of requests (what the event loop gathered in one iteration) or STOP.
         self.requests: queue.SimpleQueue[list[Request] | object] = queue.SimpleQueue()
         self.ready = threading.Event()
@@ -131,18 +143,24 @@ class ThreadWriter(threading.Thread):
         self.batches = 0
         self.committed = 0
 
+    def setup(self) -> None:
+        """Open what :meth:`commit` needs (runs in the thread); an exception is the open error."""
+
+    def commit(self, ops: Sequence[Any]) -> list[tuple[Any, BaseException | None]]:
+        """Apply ``ops`` in one transaction and commit it; returns each one's (result, error)."""
+        raise NotImplementedError
+
+    def teardown(self) -> None:
+        """Release what :meth:`setup` opened (runs in the thread, after the last commit)."""
+
     def run(self) -> None:
         try:
-            conn = connect(self.path, readonly=False)
-            migrate(conn, self.path)
+            self.setup()
         except BaseException as err:
             self.open_error = err
             self.ready.set()
             return
         self.ready.set()
-        tx = SqliteTx(conn)
-        checkpointer = Checkpointer(self.path)
-        checkpointer.start()
         try:
             while True:
                 first = self.requests.get()
@@ -160,17 +178,18 @@ class ThreadWriter(threading.Thread):
                         break
                     if isinstance(item, list):
                         batch.extend(item)
-                self._commit(conn, tx, batch)
+                self._commit(batch)
                 if stop:
                     return
         finally:
-            checkpointer.stop_event.set()
-            checkpointer.join(10.0)
-            with contextlib.suppress(sqlite3.Error):
-                conn.close()
+            self.teardown()
 
-    def _commit(self, conn: sqlite3.Connection, tx: SqliteTx, batch: list[Request]) -> None:
-        outcomes = commit_batch(conn, tx, [r.op for r in batch])
+    def _commit(self, batch: list[Request]) -> None:
+        try:
+            outcomes = self.commit([r.op for r in batch])
+        except Exception as exc:  # a bug in commit(): fail the batch, keep the thread (and later requests) alive
+            log.exception("store commit crashed")
+            outcomes = [(None, StoreError(f"store commit failed: {exc!r}"))] * len(batch)
         self.batches += 1
         self.committed += sum(1 for _, exc in outcomes if exc is None)
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
@@ -179,6 +198,40 @@ class ThreadWriter(threading.Thread):
         for loop, items in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
                 loop.call_soon_threadsafe(_deliver, items)
+
+
+class ThreadWriter(GroupCommitThread):
+    """The one thread that writes the SQLite file: batches waiting requests into one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__("continuity-store-writer")
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._tx: SqliteTx | None = None
+        self._checkpointer: Checkpointer | None = None
+
+    def setup(self) -> None:
+        conn = connect(self.path, readonly=False)
+        try:
+            migrate(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._tx = conn, SqliteTx(conn)
+        self._checkpointer = Checkpointer(self.path)
+        self._checkpointer.start()
+
+    def commit(self, ops: Sequence[Any]) -> list[tuple[Any, BaseException | None]]:
+        assert self._conn is not None and self._tx is not None
+        return commit_batch(self._conn, self._tx, ops)
+
+    def teardown(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.stop_event.set()
+            self._checkpointer.join(10.0)
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
 
 
 # --- the writer process ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""``mail-continuity-exporter incidents import|list|export``: history in, audit out.
+"""``mail-continuity-exporter incidents import|list|export|migrate``: history in, audit out,
+and a whole store copied between SQLite and PostgreSQL (:mod:`exporter.continuity.store.transfer`).
 
 Import file formats (docs/continuity.md#importing-past-incidents):
 
@@ -42,9 +43,10 @@ from typing import Any, TextIO
 import yaml
 
 from exporter.continuity.incidents import ImportRecord, severity_of
-from exporter.continuity.store import IncidentRecord, SqliteStore
+from exporter.continuity.store import IncidentRecord, SqliteStore, Store
 from exporter.continuity.webhook import format_time, parse_time, seconds
 from exporter.core.errors import ConfigError, ExporterError
+from exporter.core.secrets import redact, register
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$")
 _IMPORT_KEYS = ("service", "severity", "start", "end", "labels", "kind")
@@ -241,23 +243,34 @@ async def _import(args: argparse.Namespace, out: TextIO) -> int:
     if args.dry_run:
         print(f"{args.file}: {len(records)} incidents, all valid (dry run: nothing written)", file=out)
         return 0
-    store = SqliteStore(args.storage_path)
+    store = _store(args, readonly=False)
     await store.open()
     try:
         changes = await store.import_records(records, time.time())
     finally:
         await store.close()
     print(
-        f"{args.file}: imported {changes.imported}, already present {changes.skipped} (store: {store.path})",
+        f"{args.file}: imported {changes.imported}, already present {changes.skipped} (store: {store.description})",
         file=out,
     )
     return 0
 
 
-async def _load(args: argparse.Namespace) -> list[IncidentRecord]:
-    store = SqliteStore(args.storage_path, readonly=True)
-    if not store.path.exists():
+def _store(args: argparse.Namespace, *, readonly: bool) -> Store:
+    """The store of ``--storage.url`` (PostgreSQL), else the SQLite file under ``--storage.path``."""
+    if args.storage_url:
+        register(args.storage_url)
+        from exporter.continuity.store.postgres import PostgresStore
+
+        return PostgresStore(args.storage_url, readonly=readonly)
+    store = SqliteStore(args.storage_path, readonly=readonly)
+    if readonly and not store.path.exists():
         raise ExporterError(f"{store.path}: no incident store here (see --storage.path)")
+    return store
+
+
+async def _load(args: argparse.Namespace) -> list[IncidentRecord]:
+    store = _store(args, readonly=True)
     await store.open()
     try:
         rows = await store.incidents(service=args.service, open_only=args.open)
@@ -347,6 +360,20 @@ async def _export(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+async def _migrate(args: argparse.Namespace, out: TextIO) -> int:
+    from exporter.continuity.store.transfer import migrate_store, parse_location
+
+    for text in (args.source, args.destination):
+        if text.startswith(("postgresql://", "postgres://")):
+            register(text)
+    copied = await migrate_store(args.source, args.destination, time.time())
+    where = {t: parse_location(t) for t in (args.source, args.destination)}
+    shown = {t: (loc.store(readonly=True).description) for t, loc in where.items()}
+    counts = ", ".join(f"{n} {table}" for table, n in copied.items())
+    print(f"copied {counts} from {shown[args.source]} to {shown[args.destination]}; figures equal", file=out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mail-continuity-exporter incidents",
@@ -361,6 +388,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         default="./data",
         help="Directory of the incident store (as given to the exporter). Default: ./data",
+    )
+    common.add_argument(
+        "--storage.url",
+        dest="storage_url",
+        metavar="URL",
+        default=None,
+        help="A PostgreSQL store instead (postgresql://USER@HOST:PORT/DBNAME; password from PGPASSWORD "
+        "or a PGPASSFILE).",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     imp = sub.add_parser(
@@ -394,13 +429,22 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             sp.add_argument("--format", choices=["csv", "json"], default="csv", help="Default: csv")
             sp.add_argument("--output", "-o", default=None, metavar="FILE", help="Write here instead of stdout.")
+    mig = sub.add_parser(
+        "migrate",
+        help="copy a whole store: SQLite to PostgreSQL or back",
+        description="Copy every alert, incident and recovery of one store into another, empty one, ids "
+        "included, in one transaction, then check that both read the same. Stop the exporter that writes "
+        "the source first. Keep passwords out of the command line (PGPASSWORD or a PGPASSFILE).",
+    )
+    mig.add_argument("--from", dest="source", required=True, metavar="STORE", help="sqlite:DIR or postgresql://...")
+    mig.add_argument("--to", dest="destination", required=True, metavar="STORE", help="sqlite:DIR or postgresql://...")
     return p
 
 
 def main(argv: list[str], out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     stdout = out or sys.stdout
-    commands = {"import": _import, "list": _list, "export": _export}
+    commands = {"import": _import, "list": _list, "export": _export, "migrate": _migrate}
     try:
         return asyncio.run(commands[args.command](args, stdout))
     except ImportError_ as exc:
@@ -412,5 +456,5 @@ def main(argv: list[str], out: TextIO | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return 1
     except ExporterError as exc:
-        print(f"incidents {args.command}: {exc}", file=sys.stderr)
+        print(redact(f"incidents {args.command}: {exc}"), file=sys.stderr)
         return 1

@@ -228,7 +228,7 @@ class SqliteStore:
                 Span(r[0], r[1], r[2], r[3], r[4])
                 for r in c.execute(
                     "SELECT service, kind, severity, started_at, ended_at FROM incidents"
-                    " WHERE kind IN ('incident', 'drill') AND (ended_at IS NULL OR ended_at >= ?)",
+                    " WHERE kind IN ('incident', 'drill') AND (ended_at IS NULL OR ended_at >= ?) ORDER BY id",
                     (horizon,),
                 )
             )

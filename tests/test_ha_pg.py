@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from helpers import metric_values, run_exporter
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from stack import Stack
+from test_continuity_store_pg import fresh_database
 from test_continuity_support import am_alert, body, payload, post
 
 CONFIG = """
@@ -34,17 +33,10 @@ continuity:
 
 @contextlib.contextmanager
 def database(stack: Stack) -> Iterator[str]:
-    """A fresh database on the stack's PostgreSQL; yields its URL (with the password), drops it after."""
+    """A fresh database on the stack's PostgreSQL (its URL, with the password), dropped afterwards."""
     pg = stack.postgresql
-    admin = make_conninfo(str(pg["dsn"]), password=str(pg["password"]))
-    name = f"mce_ha_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"postgresql://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with fresh_database(make_conninfo(str(pg["dsn"]), password=str(pg["password"]))) as dsn:
+        yield f"postgresql://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{conninfo_to_dict(dsn)['dbname']}"
 
 
 def figure(text: str, name: str, **labels: str) -> float:

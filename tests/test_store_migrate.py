@@ -11,17 +11,15 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-from psycopg import sql
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from stack import Stack
 from test_continuity_store import NOW, T, events, lab
+from test_continuity_store_pg import fresh_database
 from test_continuity_support import am_alert
 
 from exporter.continuity.cli import main as incidents_main
@@ -33,16 +31,10 @@ from exporter.continuity.store.postgres import PostgresStore
 
 @contextlib.contextmanager
 def database(stack: Stack) -> Iterator[str]:
+    """A fresh database on the stack's PostgreSQL (its URL, with the password), dropped afterwards."""
     pg = stack.postgresql
-    admin = make_conninfo(str(pg["dsn"]), password=str(pg["password"]))
-    name = f"mce_mig_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield f"postgresql://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{name}"
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    with fresh_database(make_conninfo(str(pg["dsn"]), password=str(pg["password"]))) as dsn:
+        yield f"postgresql://{pg['user']}:{pg['password']}@{pg['host']}:{pg['port']}/{conninfo_to_dict(dsn)['dbname']}"
 
 
 async def fill(store: Store) -> None:

@@ -57,6 +57,10 @@ class ContinuityHooks(Protocol):
 
     async def reconcile_once(self, base_url: str, sink: Sink) -> bool: ...
 
+    def is_leader(self) -> bool:
+        """Whether this exporter runs the once-only jobs (the round-trip receivers' sweep among them)."""
+        ...
+
 
 class _NoHooks:
     """The hooks of ``--config.check``: checks are built to validate the config, never run."""
@@ -69,6 +73,9 @@ class _NoHooks:
 
     async def reconcile_once(self, base_url: str, sink: Sink) -> bool:
         sink.fail("error", "not running: built by --config.check")
+        return False
+
+    def is_leader(self) -> bool:
         return False
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 __all__ = ["route_check", "route_grace"]
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from exporter import config as cfgmod
 from exporter.checks.registry import BuildContext, check_kind
@@ -28,14 +28,21 @@ def _tls_of(route: cfgmod.RouteConfig) -> list[tuple[str, cfgmod.TLSSettings]]:
     return [(route.send.tls, route.send.tls_config), (route.receive.tls, route.receive.tls_config)]
 
 
-def route_check(route: cfgmod.RouteConfig, g: cfgmod.GlobalConfig) -> Check:
-    """A check of kind ``route`` named after the route; its counters live in the route's state."""
+def route_check(
+    route: cfgmod.RouteConfig, g: cfgmod.GlobalConfig, *, may_sweep: Callable[[], bool] | None = None
+) -> Check:
+    """A check of kind ``route`` named after the route; its counters live in the route's state.
+
+    ``may_sweep`` says whether this exporter may sweep old probe mail now (the lease holder
+    of an HA pair); unset, it always may.
+    """
     prewarm(tls_config for mode, tls_config in _tls_of(route) if mode != "none")
     runner = Route(
         route,
         imap_timeout=g.timeout,
         send_timeout=g.timeout,
         log=logging.getLogger("exporter.route"),
+        may_sweep=may_sweep,
     )
 
     def on_timeout(check: Check, sink: Sink) -> None:
@@ -55,4 +62,5 @@ def route_check(route: cfgmod.RouteConfig, g: cfgmod.GlobalConfig) -> Check:
 
 @check_kind("route", order=40)
 def build(cfg: cfgmod.Config, ctx: BuildContext) -> Iterable[Check]:
-    return [route_check(r, cfg.global_) for r in cfg.routes]
+    may_sweep = ctx.continuity.is_leader if ctx.continuity is not None else None
+    return [route_check(r, cfg.global_, may_sweep=may_sweep) for r in cfg.routes]

@@ -637,11 +637,18 @@ class StoreConfig:
     #: ``postgresql://user@host:port/dbname`` (libpq URL; the password may be in it, or come
     #: from PGPASSWORD / PGPASSFILE).  Unset: the SQLite file under ``--storage.path``.
     url: Secret | None = None
+    #: How long the lease for the once-only jobs lasts without renewal (PostgreSQL store only):
+    #: the holder renews it every third of this; a standby takes it over at most this long
+    #: (plus a second) after the holder died.
+    lease_ttl: Duration = 6.0
 
     def validate(self) -> list[tuple[str, str]]:
+        out = []
         if self.url is not None and not self.url.reveal().startswith(("postgresql://", "postgres://")):
-            return [("url", "expected a postgresql:// URL (unset: the SQLite store under --storage.path)")]
-        return []
+            out.append(("url", "expected a postgresql:// URL (unset: the SQLite store under --storage.path)"))
+        if not 2.0 <= self.lease_ttl <= 300.0:
+            out.append(("lease_ttl", f"expected a duration from 2s to 5m, got {self.lease_ttl:g}s"))
+        return out
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,32 @@ codes) is :mod:`exporter.web.webhook`, the status page's incident table is
 - **Check outages**: a scheduler listener counts consecutive failed runs of the checks a
   service lists in ``check_outages``; at ``check_outage_threshold`` it records an outage
   starting at the first failed run, which ends when a run of that check succeeds.
+- **The lease** (a store shared by several exporters, PostgreSQL): the once-only jobs
+  (reconciliation, promoting maintenance overruns, recording check outages, and the
+  round-trip receivers' sweep of old probe mail, through :meth:`Continuity.is_leader`) run
+  only on the exporter holding the lease ``once-only-jobs`` in the store.  The holder
+  renews it every third of ``continuity.store.lease_ttl``; a standby asks for it every
+  second (at most every sixth of the ttl), and gets it once the holder has not renewed it
+  for the ttl (by the store's clock), or at once when the holder gave it up at shutdown.
+  The holder counts itself leader only until the ttl measured from the *sending* of its
+  last successful renewal runs out, which is never later than the store's expiry: two
+  exporters never both count themselves leader.  The jobs are also idempotent under the
+  store's write lock, so a job that overlaps a failover cannot corrupt the figures.
+  ``mail_exporter_leader`` says which exporter holds it.  A store of one exporter
+  (SQLite) needs no lease: that exporter is always the leader.
 """
 
 from __future__ import annotations
 
-__all__ = ["RECONCILE_TIMEOUT", "REFRESH_INTERVAL", "WEBHOOK_RESULTS", "Continuity", "source_names"]
+__all__ = ["LEASE_NAME", "RECONCILE_TIMEOUT", "REFRESH_INTERVAL", "WEBHOOK_RESULTS", "Continuity", "source_names"]
 
 import asyncio
 import contextlib
 import logging
 import math
+import os
+import secrets
+import socket
 import time
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
@@ -71,6 +87,10 @@ HORIZON = WINDOWS[-1][1] + figures.DAY
 WEBHOOK_RESULTS = ("accepted", "invalid", "too_large", "unsupported_media_type", "unauthorized", "error")
 #: Alertmanager API request time limit.
 RECONCILE_TIMEOUT = 30.0
+#: The lease the once-only jobs run under.
+LEASE_NAME = "once-only-jobs"
+#: Longest wait of a standby between two requests for the lease (seconds).
+LEASE_POLL = 1.0
 
 
 @dataclass
@@ -124,6 +144,18 @@ class Continuity:
         self._refresh_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.reconcile_state = "not configured"
+        #: This exporter's name in the lease: host (the pod's name in Kubernetes), pid, a random part.
+        self.holder = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(3)}"
+        self.lease_ttl = cfgmod.StoreConfig.lease_ttl
+        #: Who held the lease at the last answer of the store (None: nobody, or not known yet).
+        self.lease_holder: str | None = None
+        #: Why the last lease request failed ("" when it did not).
+        self.lease_error = ""
+        #: Times this exporter took the lease.
+        self.leader_changes = 0
+        self._lease_until = 0.0  # monotonic time until which this exporter holds the lease
+        self._was_leader = False
+        self._lease_task: asyncio.Task[None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -131,25 +163,34 @@ class Continuity:
         """Open the store, take ``cfg`` and start the background refresh.  Raises StoreError."""
         await self.store.open()
         self.apply_config(cfg)
-        for fingerprint, starts_ms, starts_at in await self.store.firing_check_outages():
-            key = _outage_key(fingerprint)
-            if key is not None:
-                self._outages[key] = _Outage(open=(fingerprint, starts_ms, starts_at))
         self._dirty = asyncio.Event()
+        await self._lease_step()  # a shared store: the first exporter up is the leader at once
         self._publish_webhook()
         await self.refresh()
         self._refresh_task = asyncio.create_task(self._refresh_loop(), name="continuity:refresh")
+        if self.store.shared:
+            self._lease_task = asyncio.create_task(self._lease_loop(), name="continuity:lease")
 
     async def close(self) -> None:
-        if self._refresh_task is not None:
-            self._refresh_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresh_task
-            self._refresh_task = None
+        for task in (self._refresh_task, self._lease_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._refresh_task = self._lease_task = None
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
         if self._webhook_publish is not None:
             self._webhook_publish.cancel()
+        if self.store.shared and self.is_leader():
+            # Give the lease up, so that a standby takes over at once rather than after the ttl.
+            self._lease_until = 0.0
+            try:
+                await asyncio.wait_for(self.store.release(LEASE_NAME, self.holder), self.lease_ttl / 3)
+            except (StoreError, TimeoutError) as exc:
+                log.warning("lease not released; a standby takes it when it expires", extra={"kv": {"err": str(exc)}})
+            else:
+                log.info("lease released")
         await self.store.close()
 
     def apply_config(self, cfg: cfgmod.Config) -> None:
@@ -164,8 +205,10 @@ class Continuity:
                 if key not in datasets:
                     del table[key]
         self.reconcile_state = "configured" if c.reconcile.alertmanager_url else "not configured"
+        self.lease_ttl = c.store.lease_ttl
         if self._dirty is not None:
-            self._close_orphan_outages()
+            if self.is_leader():
+                self._close_orphan_outages()
             self._dirty.set()
             self.publish_objectives()
 
@@ -234,9 +277,10 @@ class Continuity:
                 await asyncio.wait_for(self._dirty.wait(), REFRESH_INTERVAL)
             self._dirty.clear()
             try:
-                changes = await self.store.promote_overruns(time.time())
-                if changes.opened:
-                    log.info("maintenance overran; incidents opened", extra={"kv": {"incidents": changes.opened}})
+                if self.is_leader():
+                    changes = await self.store.promote_overruns(time.time())
+                    if changes.opened:
+                        log.info("maintenance overran; incidents opened", extra={"kv": {"incidents": changes.opened}})
                 await self.refresh()
             except StoreError as exc:
                 log.error("continuity refresh failed", extra={"kv": {"err": str(exc)}})
@@ -352,7 +396,14 @@ class Continuity:
     # --- reconciliation -------------------------------------------------------------------------------------
 
     async def reconcile_once(self, base_url: str, sink: Sink) -> bool:
-        """Compare the store with Alertmanager's active alerts; close what Alertmanager no longer has."""
+        """Compare the store with Alertmanager's active alerts; close what Alertmanager no longer has.
+
+        Only the lease holder does it; a standby's run succeeds without asking Alertmanager.
+        """
+        if not self.is_leader():
+            sink.detail("lease", f"standby; {self.lease_holder or 'the leader'} reconciles")
+            self.reconcile_state = "standby: the lease holder reconciles"
+            return True
         fetched_at = time.time()
         url = f"{base_url}/api/v2/alerts"
         try:
@@ -419,13 +470,18 @@ class Continuity:
         return [s for s in self.services if check_name in s.check_outages]
 
     def on_check_run(self, check: Check, record: RunRecord) -> None:
-        """Scheduler listener: N consecutive failures of a listed check record an outage."""
+        """Scheduler listener: N consecutive failures of a listed check record an outage.
+
+        Every exporter counts its runs; only the lease holder records outages (a standby's
+        ``open`` stays None; on taking the lease it adopts the outages its predecessor left open).
+        """
+        leader = self.is_leader()
         for svc in self._outage_services(check.name):
             key = (svc.name, check.kind, check.name)
             st = self._outages.setdefault(key, _Outage())
             if record.result == "success":
                 st.streak = 0
-                if st.open is not None:
+                if st.open is not None and leader:
                     fingerprint, starts_ms, starts_at = st.open
                     st.open = None
                     end = max(starts_at, record.started + record.duration)
@@ -434,7 +490,7 @@ class Continuity:
             st.streak += 1
             if st.streak == 1:
                 st.first_failure = record.started
-            if st.streak >= max(1, svc.check_outage_threshold) and st.open is None:
+            if st.streak >= max(1, svc.check_outage_threshold) and st.open is None and leader:
                 fingerprint = f"check|{svc.name}|{check.kind}|{check.name}"
                 starts_ms = int(st.first_failure * 1000)
                 st.open = (fingerprint, starts_ms, starts_ms / 1000)
@@ -471,11 +527,87 @@ class Continuity:
                 self._spawn(self._outage_event(service, stub, fingerprint, starts_ms, starts_at, max(now, starts_at)))
                 del self._outages[key]
 
+    # --- the lease ----------------------------------------------------------------------------------------------
+
+    def is_leader(self) -> bool:
+        """Whether this exporter runs the once-only jobs now (always, on a store it owns alone)."""
+        return not self.store.shared or time.monotonic() < self._lease_until
+
+    async def _lease_loop(self) -> None:
+        while True:
+            delay = self.lease_ttl / 3 if self.is_leader() else min(LEASE_POLL, self.lease_ttl / 6)
+            await asyncio.sleep(delay)
+            try:
+                await self._lease_step()
+            except Exception:
+                log.exception("lease step failed")
+
+    async def _lease_step(self) -> None:
+        """Ask the store for the lease (take or renew it), then act on a change of leadership."""
+        if self.store.shared:
+            sent = time.monotonic()
+            try:
+                holder = await asyncio.wait_for(
+                    self.store.lease(LEASE_NAME, self.holder, self.lease_ttl), self.lease_ttl / 3
+                )
+            except (StoreError, TimeoutError) as exc:
+                err = str(exc) or f"no answer within {self.lease_ttl / 3:g}s"
+                if err != self.lease_error:
+                    log.warning("lease request failed", extra={"kv": {"err": err, "leader": self.is_leader()}})
+                self.lease_error = err
+            else:
+                self.lease_error = ""
+                self.lease_holder = holder
+                self._lease_until = sent + self.lease_ttl if holder == self.holder else 0.0
+        await self._leadership_changed()
+
+    async def _leadership_changed(self) -> None:
+        leader = self.is_leader()
+        if leader != self._was_leader:
+            self._was_leader = leader
+            if leader:
+                self.leader_changes += 1
+                if self.store.shared:
+                    log.info("lease taken: this exporter runs the once-only jobs", extra={"kv": {"me": self.holder}})
+                await self._adopt_outages()
+                self.mark_dirty()  # promote overruns now
+            else:
+                log.warning(
+                    "lease lost: another exporter runs the once-only jobs",
+                    extra={"kv": {"holder": self.lease_holder or "", "err": self.lease_error}},
+                )
+                for st in self._outages.values():
+                    st.open = None  # the new holder adopts them from the store
+        sink = Sink(CheckState())
+        sink.gauge("mail_exporter_leader", 1.0 if leader else 0.0)
+        self.snapshot.update("continuity/lease", sink.samples())
+
+    async def _adopt_outages(self) -> None:
+        """Take over the check outages that are open in the store (after a restart or a failover)."""
+        try:
+            firing = await self.store.firing_check_outages()
+        except StoreError as exc:
+            log.error("open check outages not read", extra={"kv": {"err": str(exc)}})
+            return
+        for fingerprint, starts_ms, starts_at in firing:
+            key = _outage_key(fingerprint)
+            if key is not None:
+                self._outages.setdefault(key, _Outage()).open = (fingerprint, starts_ms, starts_at)
+
     # --- status ------------------------------------------------------------------------------------------------
 
     def open_incidents(self) -> Sequence[OpenIncident]:
         """The open incidents of the last refresh, for the status page."""
         return self.summary.open if self.summary is not None else ()
+
+    @property
+    def lease_state(self) -> str:
+        if not self.store.shared:
+            return "not needed (this exporter owns the store)"
+        error = f" (last request failed: {self.lease_error})" if self.lease_error else ""
+        if self.is_leader():
+            return f"held by this exporter, {self.holder}{error}"
+        return f"standby; held by {self.lease_holder or 'nobody'}{error}"
 
     @property
     def store_description(self) -> str:

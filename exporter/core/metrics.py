@@ -341,6 +341,13 @@ FAMILIES: dict[str, MetricDef] = _defs(
     ("mail_availability_ratio", "gauge", "Availability over a window, maintenance excluded.", ("service", "window")),
     ("mail_downtime_seconds", "gauge", "Downtime over a window, maintenance excluded.", ("service", "window")),
     ("mail_webhook_notifications_total", "counter", "Alertmanager notifications received, by outcome.", ("result",)),
+    (
+        "mail_exporter_leader",
+        "gauge",
+        "Whether this exporter holds the lease that runs the once-only jobs (1) or is a standby (0); "
+        "always 1 on a SQLite store.",
+        (),
+    ),
     # --- objectives -----------------------------------------------------------------------
     ("mail_rto_estimate_seconds", "gauge", "Estimated recovery time of a service.", ("service",)),
     ("mail_rto_target_seconds", "gauge", "Recovery time objective of a service.", ("service",)),

@@ -31,7 +31,8 @@ The loop:
   token of ours (32 hex digits whose first 10 encode the time it was made), that no
   watcher is waiting for, and that are older than the largest ``max_age`` of the
   watchers, are deleted.  Probes of another exporter sharing the mailbox are left
-  alone until they are that old.  A mailbox whose watchers keep messages is never swept.
+  alone until they are that old.  A mailbox whose watchers keep messages is never swept,
+  and of an HA pair only the exporter holding the lease sweeps (``Watcher.may_sweep``).
 
 Every IMAP command is bounded by the mailbox's timeout; a command that does not
 finish in time, a lost connection or an unexpected answer drops the connection and
@@ -373,6 +374,8 @@ class Watcher:
     poll_interval: float = 5.0
     idle: bool = True
     recheck: bool = True
+    #: Whether this exporter may sweep now: of an HA pair, only the lease holder does.
+    may_sweep: Callable[[], bool] = lambda: True
     tokens: set[str] = field(default_factory=set)
 
     @property
@@ -960,6 +963,8 @@ class Mailbox:
     async def _sweep(self) -> None:
         if not self._watchers or any(w.keep_messages for w in self._watchers):
             return
+        if not any(w.may_sweep() for w in self._watchers):
+            return  # another exporter of the pair sweeps (it holds the lease)
         max_age = max(w.max_age for w in self._watchers)
         pending = {t for w in self._watchers for t in w.tokens}
         for folder in self._folders():

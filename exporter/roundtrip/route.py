@@ -122,6 +122,7 @@ class Route:
         send: SendFn | None = None,
         mailbox_factory: Callable[[MailboxSpec], Mailbox] | None = None,
         log: logging.Logger | None = None,
+        may_sweep: Callable[[], bool] | None = None,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -152,6 +153,7 @@ class Route:
             poll_interval=rc.poll_interval,
             idle=rc.idle,
             recheck=rc.idle_recheck,
+            may_sweep=may_sweep or _always,
         )
 
     # --- outcome bookkeeping (no I/O) ------------------------------------------------------------------
@@ -392,3 +394,7 @@ class Route:
         else:
             sink.fail(probe.outcome or "timeout", f"probe ended as {probe.outcome}")
         return False
+
+
+def _always() -> bool:
+    return True

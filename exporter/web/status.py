@@ -48,6 +48,9 @@ class IncidentView(Protocol):
     @property
     def reconcile_state(self) -> str: ...
 
+    @property
+    def lease_state(self) -> str: ...
+
 
 def _ago(seconds: float) -> str:
     if seconds < 120:
@@ -91,7 +94,8 @@ def incidents_section(view: IncidentView, now: float) -> str:
     store = html.escape(view.store_description)
     return (
         f"<h2>Open incidents ({len(opened)})</h2>{table}"
-        f"<p>Incident store: {store} · reconciliation with Alertmanager: {html.escape(view.reconcile_state)}</p>"
+        f"<p>Incident store: {store} · reconciliation with Alertmanager: {html.escape(view.reconcile_state)}"
+        f" · lease of the once-only jobs: {html.escape(view.lease_state)}</p>"
     )
 
 

@@ -77,7 +77,7 @@ Design, and why:
 
 from __future__ import annotations
 
-__all__ = ["LOCK_KEY", "MIGRATIONS", "SCHEMA_VERSION", "PgTx", "PgWriter", "PostgresStore", "describe_dsn"]
+__all__ = ["LOCK_KEY", "MIGRATIONS", "SCHEMA_VERSION", "PgLease", "PgTx", "PgWriter", "PostgresStore", "describe_dsn"]
 
 import asyncio
 import contextlib
@@ -85,6 +85,7 @@ import getpass
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -180,8 +181,34 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        2,
+        "leases",
+        (
+            """CREATE TABLE leases (
+                name TEXT PRIMARY KEY,
+                holder TEXT NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                since DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+#: Take or renew a lease: granted when free, expired or already ours, all by the server's clock.
+#: Returns a row only when granted.
+LEASE_CLAIM = """
+INSERT INTO leases AS l (name, holder, expires_at, since)
+VALUES (%(name)s, %(holder)s, %(now)s + %(ttl)s, %(now)s)
+ON CONFLICT (name) DO UPDATE
+SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at,
+    since = CASE WHEN l.holder = EXCLUDED.holder THEN l.since ELSE EXCLUDED.since END
+WHERE l.holder = EXCLUDED.holder OR l.expires_at <= EXCLUDED.since
+RETURNING l.holder
+""".replace("%(now)s", "extract(epoch FROM clock_timestamp())::double precision")
+#: Seconds a lease statement may take on the server (a lease is renewed every third of its ttl).
+LEASE_STATEMENT_TIMEOUT = 2.0
 
 
 # --- connection strings --------------------------------------------------------------------------------
@@ -471,6 +498,71 @@ def _check_durability(conn: Conn, where: str) -> None:
         )
 
 
+# --- the lease --------------------------------------------------------------------------------------------
+
+
+class PgLease:
+    """The lease statements, on a connection of their own (autocommit, short timeouts).
+
+    Not the writer's connection: a renewal must not queue behind a batch of writes, nor a
+    batch wait for a renewal.  Not the read pool's either: those are read-only.  Calls run
+    in a thread (:func:`asyncio.to_thread`); one at a time.
+    """
+
+    def __init__(self, conninfo: str, where: str) -> None:
+        self._conninfo = make_conninfo(conninfo, connect_timeout=max(2, math.ceil(LEASE_STATEMENT_TIMEOUT)))
+        self._where = where
+        self._conn: Conn | None = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> Conn:
+        conn = self._conn
+        if conn is None or conn.closed or conn.broken:
+            self._conn = None
+            conn = psycopg.connect(self._conninfo, autocommit=True)
+            conn.execute(
+                "SELECT set_config('statement_timeout', %s, false), set_config('lock_timeout', %s, false)",
+                (f"{int(LEASE_STATEMENT_TIMEOUT * 1000)}ms",) * 2,
+            )
+            self._conn = conn
+        return conn
+
+    def _call(self, fn: Callable[[Conn], T]) -> T:
+        if not self._lock.acquire(timeout=LEASE_STATEMENT_TIMEOUT * 2):
+            raise StoreError(f"{self._where}: lease: the previous lease statement is still running")
+        try:
+            return fn(self._connection())
+        except psycopg.Error as exc:
+            if self._conn is not None and (self._conn.broken or self._conn.closed):
+                self._conn = None
+            raise StoreError(f"{self._where}: lease: {_message(exc)}") from None
+        finally:
+            self._lock.release()
+
+    def claim(self, name: str, holder: str, ttl: float) -> str | None:
+        def fn(conn: Conn) -> str | None:
+            row = conn.execute(LEASE_CLAIM, {"name": name, "holder": holder, "ttl": float(ttl)}).fetchone()
+            if row is not None:
+                return str(row[0])
+            row = conn.execute(
+                "SELECT holder FROM leases WHERE name = %s AND expires_at > extract(epoch FROM clock_timestamp())",
+                (name,),
+            ).fetchone()
+            return None if row is None else str(row[0])
+
+        return self._call(fn)
+
+    def release(self, name: str, holder: str) -> None:
+        self._call(lambda conn: conn.execute("DELETE FROM leases WHERE name = %s AND holder = %s", (name, holder)))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.close()
+                self._conn = None
+
+
 # --- the writer ---------------------------------------------------------------------------------------------
 
 
@@ -668,6 +760,7 @@ class PostgresStore:
             defaults["target_session_attrs"] = "read-write"
         self._conninfo = make_conninfo("", **{**defaults, **params})
         self._writer: PgWriter | None = None
+        self._lease = PgLease(self._conninfo, self.description)
         self._pool: ConnectionPool[Conn] | None = None
         self._closed = False
         self._pending: list[Request] = []  # requests of this event-loop iteration, handed over together
@@ -745,6 +838,7 @@ class PostgresStore:
         pool, self._pool = self._pool, None
         if pool is not None:
             await asyncio.to_thread(pool.close, 5.0)
+        await asyncio.to_thread(self._lease.close)
 
     @property
     def stats(self) -> tuple[int, int]:
@@ -785,6 +879,21 @@ class PostgresStore:
                 raise StoreError(f"{self.description}: store read failed: {_message(exc)}") from None
 
         return await asyncio.to_thread(run)
+
+    # --- the lease -----------------------------------------------------------------------------------
+
+    #: Several exporters may share this store: the once-only jobs need the lease.
+    shared = True
+
+    async def lease(self, name: str, holder: str, ttl: float) -> str | None:
+        if self._closed or self.readonly:
+            raise StoreError("the incident store is not open for writing")
+        return await asyncio.to_thread(self._lease.claim, name, holder, ttl)
+
+    async def release(self, name: str, holder: str) -> None:
+        if self._closed or self.readonly:
+            return
+        await asyncio.to_thread(self._lease.release, name, holder)
 
     # --- writes ------------------------------------------------------------------------------------
 

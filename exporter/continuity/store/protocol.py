@@ -46,6 +46,10 @@ class Store(Protocol):
     #: Never carries a password.
     description: str
 
+    #: Whether several exporters may share this store, so that the once-only jobs need
+    #: :meth:`lease` (PostgreSQL); False when one exporter owns it (SQLite).
+    shared: bool
+
     async def open(self) -> None:
         """Create or open the store and apply pending schema migrations (all or none).
 
@@ -119,6 +123,20 @@ class Store(Protocol):
         id; at most ``limit``.  ``labels`` (JSON) is the record's own (imports), else its earliest
         alert's.
         """
+
+    async def lease(self, name: str, holder: str, ttl: float) -> str | None:
+        """Take or renew the lease ``name`` for ``holder`` for ``ttl`` seconds; returns who holds it now.
+
+        Granted (the result is ``holder``) when nobody holds it, when its holder let it
+        expire, or when ``holder`` holds it already (a renewal).  Otherwise the result is
+        the live holder (or None).  Expiry is judged by the store's clock, so the
+        exporters' clocks need not agree.  A store that is not :attr:`shared` always grants it.
+        Raises StoreError when the store cannot answer: the caller keeps a lease it held
+        only until the ``ttl`` counted from its last successful renewal runs out.
+        """
+
+    async def release(self, name: str, holder: str) -> None:
+        """Give the lease up at once (clean shutdown), if ``holder`` holds it."""
 
     async def alert_keys(self) -> list[tuple[str, int]]:
         """Every stored (fingerprint, starts_ms), for audits and tests."""

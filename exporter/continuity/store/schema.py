@@ -96,6 +96,21 @@ MIGRATIONS: tuple[tuple[int, str, tuple[str, ...]], ...] = (
             )""",
         ),
     ),
+    (
+        2,
+        "leases",
+        (
+            # The lease of the once-only jobs.  Used by the PostgreSQL store, where several
+            # exporters share one database; a SQLite store has one exporter, which always
+            # holds it.  Created here too so that version N means the same tables in both.
+            """CREATE TABLE leases (
+                name TEXT PRIMARY KEY,
+                holder TEXT NOT NULL,
+                expires_at REAL NOT NULL,
+                since REAL NOT NULL
+            )""",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -335,3 +335,14 @@ class SqliteStore:
             return [(r[0], int(r[1])) for r in c.execute("SELECT fingerprint, starts_ms FROM alerts")]
 
         return await self._read(fn)
+
+    # --- the lease -----------------------------------------------------------------------------------
+
+    #: One exporter owns a SQLite store (its writer is that exporter's process): no lease needed.
+    shared = False
+
+    async def lease(self, name: str, holder: str, ttl: float) -> str | None:
+        return holder
+
+    async def release(self, name: str, holder: str) -> None:
+        return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,7 +29,7 @@ TTL = 2.0  # the shortest lease_ttl the config accepts: keeps the takeover tests
 
 
 @pytest.fixture
-def pg_url(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     with fresh_database(admin_dsn(request)) as dsn:
         yield dsn
 

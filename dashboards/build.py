@@ -6,7 +6,10 @@
 A small builder of our own rather than grafana-foundation-sdk: see dashboards/README.md.
 Every query filters on ``job=~"$job",instance=~"$instance"`` (the recording rules of rules/
 keep both labels), every rate uses ``$__rate_interval``, every panel has a unit and a
-description, and the uids are the ones the alerts of rules/ link to.
+description, and the uids are the ones the alerts of rules/ link to.  The figures that every
+replica of an HA pair exports alike (incidents, objectives, maintenance, backups, replication)
+are taken once with ``max without (instance, pod)``, so that a pair shows no doubled lines or
+sums (docs/metrics.md, "Two or more replicas").
 """
 
 from __future__ import annotations
@@ -24,6 +27,11 @@ SCHEMA_VERSION = 39
 DS = {"type": "prometheus", "uid": "${datasource}"}
 #: The matchers of every selector: the linter's job and instance rules.
 J = 'job=~"$job",instance=~"$instance"'
+#: ALERTS: the alerts over figures that every replica exports alike (and the lease alerts)
+#: have no instance label; the empty alternative keeps them.
+J_ALERTS = 'job=~"$job",instance=~"$instance|"'
+#: The labels that tell the replicas of one exporter apart (rules/generate.py: replica_labels).
+REPLICA_LABELS = "instance, pod"
 UIDS = {
     "overview": "mce-overview",
     "delivery": "mce-delivery",
@@ -37,6 +45,25 @@ Json = dict[str, Any]
 def sel(metric: str, extra: str = "") -> str:
     """``metric{job=~"$job",instance=~"$instance"[,extra]}``."""
     return f"{metric}{{{J}{',' + extra if extra else ''}}}"
+
+
+def once(expr: str) -> str:
+    """``expr`` once for all replicas of an HA pair: ``max without (instance, pod) (expr)``.
+
+    Only for figures that every replica exports alike.  Over a counter, ``expr`` is the
+    ``increase``/``rate`` of each replica's series: aggregate after the rate, never the rate of a max.
+    """
+    return f"max without ({REPLICA_LABELS}) ({expr})"
+
+
+def one(metric: str, extra: str = "") -> str:
+    """A gauge that every replica exports alike, once: ``max without (instance, pod) (metric{...})``."""
+    return once(sel(metric, extra))
+
+
+def alerts_firing() -> str:
+    """``ALERTS{...,alertstate="firing"}``, with the alerts that have no instance label."""
+    return f'ALERTS{{{J_ALERTS},alertstate="firing"}}'
 
 
 def target(expr: str, legend: str = "", *, instant: bool = False, fmt: str = "time_series") -> Json:
@@ -261,7 +288,7 @@ class Board:
                     {
                         "datasource": DS,
                         "enable": True,
-                        "expr": sel("ALERTS", 'alertstate="firing"'),
+                        "expr": alerts_firing(),
                         "iconColor": "red",
                         "name": "Firing alerts",
                         "step": "1m",
@@ -312,8 +339,11 @@ def _by(labels: str, expr: str, agg: str = "max") -> str:
     return f"{agg} by ({labels}) ({expr})"
 
 
-def _rate_sum(labels: str, metric: str, extra: str = "", fn: str = "increase") -> str:
-    return f"sum by ({labels}) ({fn}({sel(metric, extra)}[$__rate_interval]))"
+def _rate_sum(labels: str, metric: str, extra: str = "", fn: str = "increase", *, replicated: bool = False) -> str:
+    """``sum by (labels) (increase(metric{...}[$__rate_interval]))``; ``replicated``: a counter that every
+    replica exports alike, rated per replica and then taken once (never the rate of a max)."""
+    rated = f"{fn}({sel(metric, extra)}[$__rate_interval])"
+    return f"sum by ({labels}) ({once(rated) if replicated else rated})"
 
 
 def _column(name: str, *properties: Json) -> Json:
@@ -364,9 +394,11 @@ def overview() -> Board:
     )
     b.stat(
         "Active alerts",
-        "Mail alerts firing in Prometheus now (ALERTS with alertstate=firing). Details in Alertmanager.",
+        "Mail alerts firing in Prometheus now (ALERTS with alertstate=firing). Details in Alertmanager. "
+        "Alerts about what each exporter sees (probes, queues, logs) count once per exporter; those over the "
+        "figures an HA pair shares (incidents, objectives, backups) once.",
         "short",
-        [target("count(" + sel("ALERTS", 'alertstate="firing"') + ")", "firing")],
+        [target("count(" + alerts_firing() + ")", "firing")],
         steps=thresholds((None, "green"), (1, "red")),
         no_value="0",
     )
@@ -374,7 +406,7 @@ def overview() -> Board:
         "Open incidents",
         "Incidents open now, per service (from Alertmanager notifications received by the exporter).",
         "short",
-        [target(_by("service", sel("mail_incidents_open"), "sum"), "{{service}}")],
+        [target(_by("service", one("mail_incidents_open"), "sum"), "{{service}}")],
         steps=thresholds((None, "green"), (1, "red")),
         no_value="0",
     )
@@ -435,10 +467,10 @@ def overview() -> Board:
         "good backup) against its recovery point objective.",
         "s",
         [
-            target(sel("mail_rpo_estimate_seconds"), "{{dataset}} estimate", instant=True),
-            target(sel("mail_rpo_target_seconds"), "{{dataset}} target", instant=True),
+            target(one("mail_rpo_estimate_seconds"), "{{dataset}} estimate", instant=True),
+            target(one("mail_rpo_target_seconds"), "{{dataset}} target", instant=True),
         ],
-        w=12,
+        w=9,
         h=6,
     )
     b.bargauge(
@@ -447,11 +479,34 @@ def overview() -> Board:
         "against its recovery time objective.",
         "s",
         [
-            target(sel("mail_rto_estimate_seconds"), "{{service}} estimate", instant=True),
-            target(sel("mail_rto_target_seconds"), "{{service}} target", instant=True),
+            target(one("mail_rto_estimate_seconds"), "{{service}} estimate", instant=True),
+            target(one("mail_rto_target_seconds"), "{{service}} target", instant=True),
         ],
-        w=12,
+        w=9,
         h=6,
+    )
+    b.states(
+        "Lease of the once-only jobs",
+        "Which exporter holds the lease of the once-only jobs (reconciliation with Alertmanager, promotion of "
+        "maintenance overruns, incidents from check outages, the sweep of old probe mail): leader or standby, "
+        "per instance. Exactly one exporter of a job leads; a single exporter with the SQLite store always does. "
+        "MailExporterNoLeader and MailExporterLeaderConflict fire on none and on more than one.",
+        "none",
+        [target(sel("mail_exporter_leader"), "{{instance}}")],
+        w=6,
+        h=6,
+        steps=thresholds((None, "blue"), (1, "green")),
+        extra_defaults={
+            "mappings": [
+                {
+                    "type": "value",
+                    "options": {
+                        "0": {"index": 0, "text": "standby", "color": "blue"},
+                        "1": {"index": 1, "text": "leader", "color": "green"},
+                    },
+                }
+            ]
+        },
     )
     return b
 
@@ -728,23 +783,23 @@ def continuity() -> Board:
         "Mean time to recover of each service over each window, against its MTTR objective (dashed).",
         "s",
         [
-            target(sel("mail_mttr_seconds"), "{{service}} {{window}}"),
-            target(sel("mail_mttr_target_seconds"), "{{service}} target"),
+            target(one("mail_mttr_seconds"), "{{service}} {{window}}"),
+            target(one("mail_mttr_target_seconds"), "{{service}} target"),
         ],
     )
     b.timeseries(
         "MTBF",
         "Mean time between failures of each service over each window. Shorter is worse.",
         "s",
-        [target(sel("mail_mtbf_seconds"), "{{service}} {{window}}")],
+        [target(one("mail_mtbf_seconds"), "{{service}} {{window}}")],
     )
     b.timeseries(
         "Availability vs target",
         "Availability of each service over each window (maintenance excluded) against its objective.",
         "percentunit",
         [
-            target(sel("mail_availability_ratio"), "{{service}} {{window}}"),
-            target(sel("mail_availability_target_ratio"), "{{service}} target"),
+            target(one("mail_availability_ratio"), "{{service}} {{window}}"),
+            target(one("mail_availability_target_ratio"), "{{service}} target"),
         ],
         extra_defaults={"decimals": 4},
     )
@@ -752,15 +807,15 @@ def continuity() -> Board:
         "Incidents opened",
         "Incidents opened per service and severity (increase of mail_incidents_total).",
         "short",
-        [target(_rate_sum("service, severity", "mail_incidents_total"), "{{service}} {{severity}}")],
+        [target(_rate_sum("service, severity", "mail_incidents_total", replicated=True), "{{service}} {{severity}}")],
     )
     b.timeseries(
         "Open incidents and oldest",
         "Incidents open now per service (left) and the age of the oldest open incident (right).",
         "short",
         [
-            target(_by("service", sel("mail_incidents_open"), "sum"), "open {{service}}"),
-            target(sel("mail_incident_oldest_open_seconds"), "oldest {{service}}"),
+            target(_by("service", one("mail_incidents_open"), "sum"), "open {{service}}"),
+            target(one("mail_incident_oldest_open_seconds"), "oldest {{service}}"),
         ],
     )
     b.panels[-1]["fieldConfig"]["overrides"] = [
@@ -773,7 +828,7 @@ def continuity() -> Board:
         "Downtime per window",
         "Downtime of each service over each window, maintenance excluded.",
         "s",
-        [target(sel("mail_downtime_seconds"), "{{service}} {{window}}")],
+        [target(one("mail_downtime_seconds"), "{{service}} {{window}}")],
     )
     b.row("Recovery point and time")
     b.timeseries(
@@ -781,29 +836,29 @@ def continuity() -> Board:
         "Estimated data loss window of each dataset against its recovery point objective.",
         "s",
         [
-            target(sel("mail_rpo_estimate_seconds"), "{{dataset}} estimate"),
-            target(sel("mail_rpo_target_seconds"), "{{dataset}} target"),
+            target(one("mail_rpo_estimate_seconds"), "{{dataset}} estimate"),
+            target(one("mail_rpo_target_seconds"), "{{dataset}} target"),
         ],
     )
     b.timeseries(
         "Backup age",
         "Time since the newest good backup of each dataset and source.",
         "s",
-        [target(f"time() - {sel('mail_backup_last_success_timestamp_seconds')}", "{{dataset}}/{{backup}}")],
+        [target(f"time() - {one('mail_backup_last_success_timestamp_seconds')}", "{{dataset}}/{{backup}}")],
     )
     b.timeseries(
         "Replication lag",
         "Replication lag of each replica: a canary written on the primary and seen on the replica.",
         "s",
-        [target(sel("mail_replication_lag_seconds"), "{{dataset}}/{{replica}}")],
+        [target(one("mail_replication_lag_seconds"), "{{dataset}}/{{replica}}")],
     )
     b.timeseries(
         "RTO estimate vs target",
         "Estimated recovery time of each service against its recovery time objective.",
         "s",
         [
-            target(sel("mail_rto_estimate_seconds"), "{{service}} estimate"),
-            target(sel("mail_rto_target_seconds"), "{{service}} target"),
+            target(one("mail_rto_estimate_seconds"), "{{service}} estimate"),
+            target(one("mail_rto_target_seconds"), "{{service}} target"),
         ],
     )
     b.row("Drills, maintenance and notifications")
@@ -812,14 +867,14 @@ def continuity() -> Board:
         "Time since the last failover or restore drill of each service (alerts labelled drill=true). "
         "A service never drilled shows the time since 1970.",
         "s",
-        [target(f"time() - {sel('mail_drill_last_timestamp_seconds')}", "{{service}}", instant=True)],
+        [target(f"time() - {one('mail_drill_last_timestamp_seconds')}", "{{service}}", instant=True)],
         steps=thresholds((None, "green"), (90 * 86400, "red")),
     )
     b.states(
         "Maintenance windows",
         "1 while a planned maintenance window of the service is open: alerts then count as maintenance.",
         "bool_yes_no",
-        [target(sel("mail_maintenance_active"), "{{service}}")],
+        [target(one("mail_maintenance_active"), "{{service}}")],
         steps=thresholds((None, "green"), (1, "blue")),
     )
     b.bars(

@@ -81,6 +81,15 @@ class Settings:
     #: Extra matchers for MailTlsCertificateInvalid, e.g. 'check!="lb-vip"' to leave out
     #: endpoints configured with ``verify: false`` on purpose.
     tls_invalid_matchers: str = ""
+    #: Labels that tell the replicas of one exporter apart: an HA pair (or more) with the same
+    #: config on one PostgreSQL store differs only by ``instance`` (and ``pod`` under the
+    #: Prometheus Operator).  The replicas export the same continuity figures (incidents,
+    #: objectives, maintenance) and measure the same datasets (backups, replication), so the
+    #: alerts over those families take ``max without (<these labels>)`` before comparing: one
+    #: alert per condition for the pair, and a failover (one replica's series going away)
+    #: neither resolves an alert nor restarts its ``for``.  Alerts about vantage points (MX,
+    #: SMTP, IMAP, TLS, DNS, round trips) and per-host sources (queues, logs) stay per instance.
+    replica_labels: tuple[str, ...] = ("instance", "pod")
 
     # --- round-trip SLO ----------------------------------------------------------------
     #: The objective of the round-trip success SLI (delivered / all probes), 30-day window.
@@ -218,6 +227,8 @@ class Settings:
                 "MailExporterCheckFailing": "15m",
                 "MailExporterCheckErrors": "5m",
                 "MailWebhookNotificationsFailing": "10m",
+                "MailExporterNoLeader": "2m",
+                "MailExporterLeaderConflict": "5m",
                 "MailMxDown": "5m",
                 "MailMxAllDown": "3m",
                 "MailMxRedundancyLow": "10m",
@@ -351,12 +362,18 @@ class Alert:
     dashboard: str  # key of DASHBOARDS
     group: str
     for_: str | None = None  # None: from Settings.for_durations
+    #: False for alerts without an ``instance`` label: over figures that every replica exports
+    #: alike (aggregated with ``max without (replica_labels)``) or per job.  Their dashboard link
+    #: selects every instance.
+    per_instance: bool = True
 
 
 class Builder:
     """Builds every group from a :class:`Settings`."""
 
     def __init__(self, s: Settings) -> None:
+        if "instance" not in s.replica_labels:
+            raise ValueError(f"replica_labels must include instance, got {s.replica_labels!r}")
         self.s = s
 
     # --- selectors ---------------------------------------------------------------------
@@ -365,14 +382,29 @@ class Builder:
         parts = [m for m in (self.s.job_selector, *matchers) if m]
         return f"{metric}{{{','.join(parts)}}}" if parts else metric
 
+    def dedup(self, expr: str) -> str:
+        """``expr`` once for all replicas: ``max without (instance, pod) (expr)``.
+
+        Only for figures that every replica exports alike.  Over a counter or histogram
+        buckets, ``expr`` is the ``rate``/``increase`` of each replica's series: aggregate after
+        the rate, never take the rate of a max.
+        """
+        return f"max without ({', '.join(self.s.replica_labels)}) ({expr})"
+
+    def one(self, metric: str, *matchers: str) -> str:
+        """A gauge that every replica exports alike, deduplicated: ``max without (...) (metric{...})``."""
+        return self.dedup(self.sel(metric, *matchers))
+
     def for_(self, alert: str, own: str | None = None) -> str:
         if self.s.for_override is not None and alert not in self.s.for_override_except:
             return self.s.for_override
         return own if own is not None else self.s.for_durations[alert]
 
-    def dashboard_url(self, key: str) -> str:
+    def dashboard_url(self, key: str, per_instance: bool = True) -> str:
+        """The dashboard of the alert's job and instance; every instance ($__all) for an alert without one."""
         uid = DASHBOARDS[key]
-        return f"{self.s.dashboard_base}/{uid}?var-job={{{{ $labels.job }}}}&var-instance={{{{ $labels.instance }}}}"
+        instance = "{{ $labels.instance }}" if per_instance else "$__all"
+        return f"{self.s.dashboard_base}/{uid}?var-job={{{{ $labels.job }}}}&var-instance={instance}"
 
     def alert_rule(self, a: Alert) -> dict[str, Any]:
         rule: dict[str, Any] = {"alert": a.name, "expr": a.expr}
@@ -384,7 +416,7 @@ class Builder:
             "summary": a.summary,
             "description": a.description,
             "runbook_url": runbook(a.name),
-            "dashboard_url": self.dashboard_url(a.dashboard),
+            "dashboard_url": self.dashboard_url(a.dashboard, a.per_instance),
         }
         return rule
 
@@ -619,9 +651,17 @@ class Builder:
         out: list[Alert] = []
 
         def add(
-            name: str, group: str, severity: str, dashboard: str, expr: str, summary: str, description: str
+            name: str,
+            group: str,
+            severity: str,
+            dashboard: str,
+            expr: str,
+            summary: str,
+            description: str,
+            *,
+            per_instance: bool = True,
         ) -> None:
-            out.append(Alert(name, expr, severity, summary, description, dashboard, group))
+            out.append(Alert(name, expr, severity, summary, description, dashboard, group, per_instance=per_instance))
 
         def held(name: str) -> str:
             return words(self.for_(name)) if seconds(self.for_(name)) else "now"
@@ -700,6 +740,36 @@ class Builder:
             "The exporter rejects Alertmanager notifications: incidents are not being recorded.",
             "{{ $labels.instance }} answered Alertmanager notifications with result {{ $labels.result }} "
             f"for {held('MailWebhookNotificationsFailing')}. Incidents, MTTR and availability miss those alerts.",
+        )
+        # the lease of the once-only jobs (one PostgreSQL store shared by several exporters):
+        # per job, since the replicas of a job share one lease
+        leader = sel("mail_exporter_leader")
+        add(
+            "MailExporterNoLeader",
+            g,
+            "warning",
+            "overview",
+            f"max by (job) ({leader}) == 0",
+            "No mail-continuity-exporter holds the lease of the once-only jobs: they are not running.",
+            "The exporters of job {{ $labels.job }} are up but none has held the lease of the once-only jobs "
+            f"for {held('MailExporterNoLeader')}: reconciliation with Alertmanager, promotion of maintenance "
+            "overruns, incidents from check outages and the sweep of old probe mail are not running. The "
+            "exporters' logs say why (usually the PostgreSQL store is unreachable); their status pages show "
+            "the lease.",
+            per_instance=False,
+        )
+        add(
+            "MailExporterLeaderConflict",
+            g,
+            "warning",
+            "overview",
+            f"sum by (job) ({leader}) > 1",
+            "Several mail-continuity-exporters of one job hold a lease: they write to different incident stores.",
+            '{{ $value | printf "%.0f" }} exporters of job {{ $labels.job }} have each held the lease of the '
+            f"once-only jobs for {held('MailExporterLeaderConflict')}. One store never grants it twice, so they "
+            "use different stores (continuity.store.url, or SQLite files of their own): the incident history "
+            "of the job is split, and its figures are wrong.",
+            per_instance=False,
         )
 
         # --- MX, SMTP and IMAP ---------------------------------------------------------------
@@ -995,60 +1065,71 @@ class Builder:
         )
 
         # --- continuity ----------------------------------------------------------------------
+        # Every replica of an HA pair exports these figures alike (incidents and objectives from
+        # the shared store, backups and replication of the same datasets): each alert takes them
+        # once for all replicas (one = max without (replica_labels)) and joins on job and the
+        # figure's own labels, never on instance.
         g = "continuity"
+        one = self.one
         add(
             "MailRpoAboveTarget",
             g,
             "warning",
             "continuity",
             (
-                f"{sel('mail_rpo_estimate_seconds')}\n> on (job, instance, dataset) group_left ()\n"
-                f"{sel('mail_rpo_target_seconds')}"
+                f"{one('mail_rpo_estimate_seconds')}\n> on (job, dataset) group_left ()\n"
+                f"{one('mail_rpo_target_seconds')}"
             ),
             "A mail dataset could lose more data than its recovery point objective allows.",
             "The freshest recoverable copy of dataset {{ $labels.dataset }} is {{ $value | humanizeDuration }} "
             "old, more than its rpo_target.",
+            per_instance=False,
         )
-        ts = sel("mail_backup_last_success_timestamp_seconds")
+        ts = one("mail_backup_last_success_timestamp_seconds")
+        backup_up = one("mail_backup_up")
         add(
             "MailBackupStale",
             g,
             "warning",
             "continuity",
-            f"(time() - {ts})\nand on (job, instance, dataset, backup)\n{sel('mail_backup_up')} == 0",
+            f"(time() - {ts})\nand on (job, dataset, backup)\n{backup_up} == 0",
             "The newest backup of a mail dataset is older than its max_age.",
             "The newest backup {{ $labels.backup }} of dataset {{ $labels.dataset }} is "
             "{{ $value | humanizeDuration }} old, older than its max_age.",
+            per_instance=False,
         )
         add(
             "MailBackupSourceDown",
             g,
             "warning",
             "continuity",
-            f"{sel('mail_backup_up')} == 0\nunless on (job, instance, dataset, backup)\n{ts}",
+            f"{backup_up} == 0\nunless on (job, dataset, backup)\n{ts}",
             "A backup source of a mail dataset cannot be read: backup age is unknown.",
             "Backup source {{ $labels.backup }} of dataset {{ $labels.dataset }} has not been readable for "
             f"{held('MailBackupSourceDown')}. The reason is on the exporter's status page (/).",
+            per_instance=False,
         )
         add(
             "MailReplicationLagHigh",
             g,
             "warning",
             "continuity",
-            f"{sel('mail_replication_lag_seconds')} > {number(s.replication_lag_seconds)}",
+            f"{one('mail_replication_lag_seconds')} > {number(s.replication_lag_seconds)}",
             "A mail replica lags behind its primary.",
             "Replica {{ $labels.replica }} of dataset {{ $labels.dataset }} lags {{ $value | humanizeDuration }} "
             f"behind, more than {number(s.replication_lag_seconds)}s.",
+            per_instance=False,
         )
         add(
             "MailReplicaDown",
             g,
             "warning",
             "continuity",
-            f"{sel('mail_replication_up')} == 0",
+            f"{one('mail_replication_up')} == 0",
             "Replication lag of a mail replica cannot be measured: the replica may be broken.",
             "Measuring replica {{ $labels.replica }} of dataset {{ $labels.dataset }} has failed for "
             f"{held('MailReplicaDown')}.",
+            per_instance=False,
         )
         add(
             "MailRtoAboveTarget",
@@ -1056,29 +1137,31 @@ class Builder:
             "warning",
             "continuity",
             (
-                f"{sel('mail_rto_estimate_seconds')}\n> on (job, instance, service) group_left ()\n"
-                f"{sel('mail_rto_target_seconds')}"
+                f"{one('mail_rto_estimate_seconds')}\n> on (job, service) group_left ()\n"
+                f"{one('mail_rto_target_seconds')}"
             ),
             "A mail service would take longer to recover than its recovery time objective.",
             "The RTO estimate of service {{ $labels.service }} is {{ $value | humanizeDuration }}, longer than "
             "its rto_target (90th percentile of recoveries and the last drill).",
+            per_instance=False,
         )
-        oldest = sel("mail_incident_oldest_open_seconds")
-        rto = sel("mail_rto_target_seconds")
+        oldest = one("mail_incident_oldest_open_seconds")
+        rto = one("mail_rto_target_seconds")
         add(
             "MailIncidentOpenTooLong",
             g,
             "warning",
             "continuity",
             (
-                f"{oldest}\n> on (job, instance, service) group_left ()\n{rto}\n"
+                f"{oldest}\n> on (job, service) group_left ()\n{rto}\n"
                 f"or\n"
-                f"({oldest} > {seconds(s.incident_open_default)}\nunless on (job, instance, service)\n{rto})"
+                f"({oldest} > {seconds(s.incident_open_default)}\nunless on (job, service)\n{rto})"
             ),
             "A mail incident has been open longer than the service's recovery time objective.",
             "The oldest open incident of service {{ $labels.service }} has been open for "
             "{{ $value | humanizeDuration }}, longer than its rto_target "
             f"(or {words(s.incident_open_default)} without one). Escalate.",
+            per_instance=False,
         )
         add(
             "MailMttrAboveTarget",
@@ -1086,12 +1169,13 @@ class Builder:
             "warning",
             "continuity",
             (
-                f"{sel('mail_mttr_seconds', eq('window', s.mttr_window))}\n"
-                f"> on (job, instance, service) group_left ()\n{sel('mail_mttr_target_seconds')}"
+                f"{one('mail_mttr_seconds', eq('window', s.mttr_window))}\n"
+                f"> on (job, service) group_left ()\n{one('mail_mttr_target_seconds')}"
             ),
             "A mail service recovers more slowly on average than its MTTR objective.",
             f"The mean time to recover of service {{{{ $labels.service }}}} over {s.mttr_window} is "
             "{{ $value | humanizeDuration }}, above its mttr_target.",
+            per_instance=False,
         )
         add(
             "MailAvailabilityBelowTarget",
@@ -1099,43 +1183,51 @@ class Builder:
             "warning",
             "continuity",
             (
-                f"{sel('mail_availability_ratio', eq('window', s.availability_window))}\n"
-                f"< on (job, instance, service) group_left ()\n{sel('mail_availability_target_ratio')}"
+                f"{one('mail_availability_ratio', eq('window', s.availability_window))}\n"
+                f"< on (job, service) group_left ()\n{one('mail_availability_target_ratio')}"
             ),
             "A mail service is below its availability objective.",
             f"Service {{{{ $labels.service }}}} was available {{{{ $value | humanizePercentage }}}} of the last "
             f"{s.availability_window} (maintenance excluded), below its availability_target.",
+            per_instance=False,
         )
-        drill = sel("mail_drill_last_timestamp_seconds")
+        drill = one("mail_drill_last_timestamp_seconds")
         add(
             "MailDrillStale",
             g,
             "warning",
             "continuity",
-            f"(time() - {drill}) > {seconds(s.drill_max_age) // 86400} * 86400\nunless\n{drill} == 0",
+            (
+                f"(time() - {drill}) > {seconds(s.drill_max_age) // 86400} * 86400\n"
+                f"unless on (job, service)\n{drill} == 0"
+            ),
             f"No failover or restore drill of a mail service in {words(s.drill_max_age)}.",
             "The last drill of service {{ $labels.service }} was {{ $value | humanizeDuration }} ago. "
             "Untested recovery is the RTO estimate's blind spot.",
+            per_instance=False,
         )
         add(
             "MailDrillMissing",
             g,
             "warning",
             "continuity",
-            f"{rto}\nunless on (job, instance, service)\n{drill} != 0",
+            f"{rto}\nunless on (job, service)\n{drill} != 0",
             "A mail service has a recovery time objective but no recorded drill.",
             "Service {{ $labels.service }} has an rto_target of {{ $value | humanizeDuration }} but no failover "
             "or restore drill has ever been recorded, so the RTO is not proven.",
+            per_instance=False,
         )
         add(
             "MailMaintenanceActive",
             g,
             "info",
             "continuity",
-            f"{sel('mail_maintenance_active')} == 1",
+            f"{one('mail_maintenance_active')} == 1",
             "A mail service is in a planned maintenance window; its warning and critical alerts are inhibited.",
-            "Service {{ $labels.service }} is inside a maintenance window configured on {{ $labels.instance }}. "
-            "Alertmanager inhibits warning and critical alerts labelled service={{ $labels.service }}.",
+            "Service {{ $labels.service }} is inside a maintenance window of the exporter's config "
+            "(continuity.maintenance). Alertmanager inhibits warning and critical alerts labelled "
+            "service={{ $labels.service }}.",
+            per_instance=False,
         )
 
         # --- mail flow from the logs ---------------------------------------------------------

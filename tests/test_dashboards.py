@@ -255,6 +255,9 @@ def test_grid_does_not_overlap() -> None:
 
 JOB = 'job=~"$job"'
 INSTANCE = 'instance=~"$instance"'
+#: ALERTS also keeps the alerts without an instance label (over the figures an HA pair shares, and
+#: the lease alerts): instance=~"$instance|".
+ALERTS_INSTANCE = 'instance=~"$instance|"'
 DS_NAMES = ("$datasource", "${datasource}")
 SELECTOR_RE = re.compile(r"\b(ALERTS|up|mail[_:][A-Za-z0-9_:]*)\b(\{[^}]*\})?")
 RANGE_RE = re.compile(r"\[([^\]]*)\]")
@@ -303,7 +306,7 @@ def selector_problems(expr: str) -> list[str]:
         if not braces:
             problems.append(f"{name}: no label matchers")
             continue
-        for matcher in (JOB, INSTANCE):
+        for matcher in (JOB, ALERTS_INSTANCE if name == "ALERTS" else INSTANCE):
             if matcher not in braces:
                 problems.append(f"{name}: no {matcher}")
     return problems
@@ -421,6 +424,64 @@ def test_selector_checker_catches_bad_queries() -> None:
     ]
     assert selector_problems("mail_mx_records") == ["mail_mx_records: no label matchers"]
     assert selector_problems(f"max by (domain) (mail_mx_records{{{JOB},{INSTANCE}}})") == []
+    # ALERTS without the empty alternative would hide the alerts that have no instance
+    assert selector_problems(f'count(ALERTS{{{JOB},{INSTANCE},alertstate="firing"}})') == [
+        'ALERTS: no instance=~"$instance|"'
+    ]
+    assert selector_problems(f'count(ALERTS{{{JOB},{ALERTS_INSTANCE},alertstate="firing"}})') == []
+
+
+# --- (4) an HA pair: the figures every replica exports alike are shown once -------------------------
+
+#: Families that every replica of an HA pair exports alike (the continuity figures of the shared
+#: store, label service; the dataset checks, label dataset): a pair must not show doubled lines or sums.
+REPLICATED = {name for name, fam in FAMILIES.items() if {"service", "dataset"} & set(fam.labels)}
+ONCE = "max without (instance, pod) ("
+
+
+def replica_problems(expr: str) -> list[str]:
+    """Selectors of replicated families not taken once: a gauge directly in max without (instance, pod),
+    a counter in the increase()/rate() directly inside one (never the rate of a max)."""
+    problems = []
+    for m in SELECTOR_RE.finditer(expr):
+        name = m.group(1)
+        base = re.sub(r"_(bucket|count|sum)$", "", name)
+        if name not in REPLICATED and base not in REPLICATED:
+            continue
+        before = expr[: m.start()]
+        counter = name not in FAMILIES or FAMILIES[name].type in ("counter", "histogram")
+        wanted = (ONCE + "increase(", ONCE + "rate(") if counter else (ONCE,)
+        if not before.endswith(wanted):
+            problems.append(f"{name} not taken once for all replicas")
+    return problems
+
+
+def test_replica_checker_catches_doubled_figures() -> None:
+    s = f"{{{JOB},{INSTANCE}}}"
+    assert replica_problems(f"sum by (service) (mail_incidents_open{s})") == [
+        "mail_incidents_open not taken once for all replicas"
+    ]
+    assert replica_problems(f"sum by (service) ({ONCE}mail_incidents_open{s}))") == []
+    assert replica_problems(f"sum by (service) ({ONCE}increase(mail_incidents_total{s}[$__rate_interval])))") == []
+    assert replica_problems(f"increase({ONCE}mail_incidents_total{s})[1h:])") != []
+    assert replica_problems(f"max by (domain) (mail_mx_records{s})") == []
+
+
+@pytest.mark.parametrize("uid", UIDS)
+def test_replicated_figures_are_shown_once(uid: str) -> None:
+    for title, expr in exprs(boards()[uid]):
+        assert replica_problems(expr) == [], f"{title}: {replica_problems(expr)} in {expr}"
+
+
+def test_overview_shows_the_lease_holder_per_instance() -> None:
+    board = boards()["mce-overview"]
+    found = [(p, t) for p in panels(board) for t in p["targets"] if t["expr"].startswith("mail_exporter_leader{")]
+    assert len(found) == 1
+    panel, target = found[0]
+    assert target["legendFormat"] == "{{instance}}"
+    assert panel["type"] in ("state-timeline", "stat")
+    texts = {o["text"] for m in panel["fieldConfig"]["defaults"]["mappings"] for o in m["options"].values()}
+    assert texts == {"leader", "standby"}
 
 
 def test_stable_uids_and_unique_panel_ids() -> None:
@@ -474,7 +535,8 @@ def test_issue_content_is_covered() -> None:
             "histogram_quantile(0.95",
             "mail_queue_oldest_message_age_seconds",
             "mail_incidents_open",
-            'ALERTS{job=~"$job",instance=~"$instance",alertstate="firing"}',
+            'ALERTS{job=~"$job",instance=~"$instance|",alertstate="firing"}',
+            "mail_exporter_leader",
             "mail_rpo_target_seconds",
             "mail_rto_target_seconds",
         ],

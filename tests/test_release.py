@@ -20,6 +20,7 @@ VERSION_HOMES = {"exporter/__init__.py", "CHANGELOG.md"}
 #: ... and the deployments that pin the image of this release, held to it below.
 IMAGE_PINS = {
     "deploy/docker-compose.yml": re.compile(r"^\s*image: mail-continuity-exporter:(\S+)$", re.MULTILINE),
+    "deploy/docker-compose.ha.yml": re.compile(r"^\s*image: mail-continuity-exporter:(\S+)$", re.MULTILINE),
     "deploy/kubernetes/kustomization.yaml": re.compile(r"^\s*newTag: (\S+)$", re.MULTILINE),
 }
 

@@ -6,6 +6,8 @@
   expression exists in :mod:`exporter.core.metrics`);
 - coverage: every alert has a must-fire case with exact labels and annotations, a
   must-not-fire case just before its ``for`` elapses, and another must-not-fire case;
+- replicas: the figures every replica of an HA pair exports alike are counted once
+  (``max without (instance, pod)``), and nothing else is;
 - ``rules/generate.py --check``;
 - ``amtool check-config`` and the routing of examples/alertmanager.yml, and its
   inhibitions against a real Alertmanager.
@@ -185,7 +187,8 @@ def test_alert_conventions(name: str) -> None:
     assert name.lower() in runbook_anchors(), f"docs/runbooks.md has no heading for {name}"
     uids = "|".join(GEN.DASHBOARDS.values())
     base = re.escape(GEN.SETTINGS.dashboard_base)
-    pattern = rf"{base}/({uids})\?var-job=\{{\{{ \$labels\.job \}}\}}&var-instance=\{{\{{ \$labels\.instance \}}\}}"
+    instance = r"(\{\{ \$labels\.instance \}\}|\$__all)"
+    pattern = rf"{base}/({uids})\?var-job=\{{\{{ \$labels\.job \}}\}}&var-instance={instance}"
     assert re.fullmatch(pattern, ann["dashboard_url"]), ann["dashboard_url"]
     if "for" in rule:
         assert duration(rule["for"]) > 0
@@ -233,6 +236,124 @@ def test_expressions_use_the_metrics_contract(path: Path) -> None:
                 assert labels is not None, f"{what}: unknown metric {name}"
                 for label in _MATCHER.findall(matchers):
                     assert label in (*labels, "job", "instance"), f"{what}: {name} has no label {label!r}"
+
+
+# --- replicas: an HA pair counted once ----------------------------------------------------------
+
+#: Families that every replica of an HA pair exports alike: the continuity figures read from the
+#: shared store (label service) and the dataset checks (label dataset).  Everything else is a
+#: replica's own view (probes, DNS, round trips) or its own host (queues, logs, self metrics).
+REPLICATED = {name for name, fam in FAMILIES.items() if {"service", "dataset"} & set(fam.labels)}
+DEDUP = "max without (instance, pod) ("
+
+
+def replicated_selectors(expr: str) -> list[tuple[str, str]]:
+    """(family, the expression text before it) for every selector of a replicated family."""
+    out = []
+    for m in _SELECTOR.finditer(expr):
+        name = m.group(1)
+        base = re.sub(r"_(bucket|count|sum)$", "", name)
+        if name in REPLICATED or (base in REPLICATED and FAMILIES[base].type == "histogram"):
+            out.append((name, expr[: m.start()]))
+    return out
+
+
+def dedup_problems(expr: str) -> list[str]:
+    """Replicated series not taken once for all replicas, and joins on instance.
+
+    A gauge of a replicated family must sit directly in ``max without (instance, pod) (...)``; a
+    counter or histogram series in the ``rate(``/``increase(`` directly inside one (aggregate
+    after the rate: never the rate of a max).
+    """
+    found = replicated_selectors(expr)
+    problems = []
+    for name, before in found:
+        counter = name not in FAMILIES or FAMILIES[name].type in ("counter", "histogram")
+        wanted = (DEDUP + "rate(", DEDUP + "increase(") if counter else (DEDUP,)
+        if not before.endswith(wanted):
+            problems.append(f"{name} not taken once for all replicas: ...{before[-50:]}")
+    if found and re.search(r"\b(on|ignoring|by) \([^)]*\binstance\b", expr):
+        problems.append("joins or groups on instance")
+    return problems
+
+
+def all_rules() -> list[dict[str, Any]]:
+    return [rule for _, group in groups() for rule in group["rules"]]
+
+
+def test_replicated_families_are_a_known_set() -> None:
+    assert {"mail_incidents_total", "mail_availability_ratio", "mail_maintenance_active", "mail_backup_up"} <= (
+        REPLICATED
+    )
+    assert "mail_replication_lag_seconds" in REPLICATED
+    assert not REPLICATED & {"mail_webhook_notifications_total", "mail_exporter_leader", "mail_smtp_up"}
+
+
+def test_the_dedup_check_catches_a_missing_or_misplaced_max() -> None:
+    sel = 'mail_rpo_estimate_seconds{job="mail"}'
+    counter = 'mail_incidents_total{job="mail"}'
+    assert dedup_problems(f"{DEDUP}{sel}) > 1") == []
+    assert dedup_problems(f"{DEDUP}increase({counter}[1h])) > 0") == []
+    assert dedup_problems(f"sum by (service, le) ({DEDUP}rate(mail_incident_recovery_seconds_bucket[1h])))") == []
+    assert len(dedup_problems(f"{sel} > 1")) == 1
+    assert len(dedup_problems(f"max by (job, dataset) ({sel}) > 1")) == 1
+    assert len(dedup_problems(f"increase({DEDUP}{counter})[1h:])")) == 1  # the rate of a max
+    assert len(dedup_problems(f"{DEDUP}increase({sel}[1h]))")) == 1  # a gauge under increase
+    assert dedup_problems(f"{DEDUP}{sel})\n> on (job, instance, dataset) group_left ()\n{DEDUP}{sel})") == [
+        "joins or groups on instance"
+    ]
+
+
+def test_replicated_families_are_counted_once() -> None:
+    """Every rule over a replicated family takes it once for all replicas and joins on the
+    figure's own labels (job, service or dataset...), never on instance."""
+    used = 0
+    for rule in all_rules():
+        what = rule.get("alert") or rule["record"]
+        assert dedup_problems(rule["expr"]) == [], what
+        used += bool(replicated_selectors(rule["expr"]))
+    assert used >= 12
+
+
+def test_alerts_over_replicated_figures_have_no_instance() -> None:
+    """After max without (instance, pod) there is no instance label: no annotation may use it,
+    and the dashboard link selects every instance."""
+    names = []
+    for name, rule in alerts().items():
+        if not replicated_selectors(rule["expr"]):
+            continue
+        names.append(name)
+        ann = rule["annotations"]
+        for key, text in ann.items():
+            assert "$labels.instance" not in text, f"{name}: {key} uses the instance label"
+        assert ann["dashboard_url"].endswith("&var-instance=$__all"), name
+    assert "MailMaintenanceActive" in names and "MailBackupStale" in names
+
+
+def test_the_other_alerts_stay_per_instance() -> None:
+    """Vantage points (probes, DNS, round trips) and per-host sources (queues, logs) are each
+    replica's own: their alerts are never merged across instances."""
+    for name, rule in alerts().items():
+        if replicated_selectors(rule["expr"]):
+            continue
+        assert "without (instance" not in rule["expr"], name
+        leader = "mail_exporter_leader" in rule["expr"]
+        if leader:  # the lease is one per job
+            assert re.fullmatch(r"(max|sum) by \(job\) \(mail_exporter_leader\{[^}]*\}\) [=>]=? \d", rule["expr"])
+            assert rule["annotations"]["dashboard_url"].endswith("&var-instance=$__all"), name
+        elif not rule["expr"].startswith("absent("):
+            assert rule["annotations"]["dashboard_url"].endswith("&var-instance={{ $labels.instance }}"), name
+
+
+def test_replica_labels_setting() -> None:
+    assert GEN.SETTINGS.replica_labels == ("instance", "pod")
+    three = GEN.replace(GEN.SETTINGS, replica_labels=("instance", "pod", "site"))
+    texts = GEN.rule_texts(three)
+    alerts_text = texts[GEN.ALERTS_FILE]
+    assert "max without (instance, pod, site) (mail_rpo_estimate_seconds" in alerts_text
+    assert "max without (instance, pod) (" not in alerts_text
+    with pytest.raises(ValueError, match="instance"):
+        GEN.rule_texts(GEN.replace(GEN.SETTINGS, replica_labels=("pod",)))
 
 
 # --- coverage by promtool tests ---------------------------------------------------------------

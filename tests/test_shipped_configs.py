@@ -159,15 +159,16 @@ def test_the_known_configs_are_found() -> None:
 
 def compose_mounts(config: Path) -> dict[str, Path]:
     """Container path -> host path, for the compose service that mounts ``config``."""
-    spec = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
-    for service in spec["services"].values():
-        mounts: dict[str, Path] = {}
-        for volume in service.get("volumes", []):
-            source, target = volume.split(":")[:2]
-            if source.startswith("."):
-                mounts[target] = (COMPOSE.parent / source).resolve()
-        if config.resolve() in mounts.values():
-            return mounts
+    for compose in sorted(COMPOSE.parent.glob("docker-compose*.yml")):  # the single stack and the HA pair
+        spec = yaml.safe_load(compose.read_text(encoding="utf-8"))
+        for service in spec["services"].values():
+            mounts: dict[str, Path] = {}
+            for volume in service.get("volumes", []):
+                source, target = volume.split(":")[:2]
+                if source.startswith("."):
+                    mounts[target] = (compose.parent / source).resolve()
+            if config.resolve() in mounts.values():
+                return mounts
     return {}
 
 
@@ -296,18 +297,20 @@ def localize_exporter(data: Any, config: Path, tmp: Path, env: dict[str, str]) -
 
     def fix(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: secret(v) if _is_secret_key(k, v) else fix(v) for k, v in node.items()}
+            return {k: secret(v, k) if _is_secret_key(k, v) else fix(v) for k, v in node.items()}
         if isinstance(node, list):
             return [fix(v) for v in node]
         return node
 
-    def secret(value: str) -> str:
+    def secret(value: str, key: str) -> str:
         expanded = ENV_RE.sub(lambda m: env[m.group(1)], value)
         path = Path(expanded) if Path(expanded).is_absolute() else config.parent / expanded
         if ENV_RE.search(value) or not path.is_file():
             path = path if ENV_RE.search(value) else tmp / "secrets" / path.name
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("dummy-secret-value\n")
+            # continuity.store.url_file holds a URL, which the exporter checks
+            url = key == "url_file"
+            path.write_text("postgresql://u:dummy-secret-value@localhost/db\n" if url else "dummy-secret-value\n")
         return str(path)
 
     return fix(data)

@@ -1,11 +1,23 @@
 #!/usr/bin/env python3
 """Sustained Alertmanager webhook ingestion: notifications per second and latency, durable commits.
 
-Starts the real exporter (``python -m exporter``) with a fresh SQLite store
-(``synchronous=FULL``: every acknowledged notification is fsynced), then posts
-realistic Alertmanager version 4 notifications from C concurrent clients
-(keep-alive connections, like Alertmanager's) for D seconds and reports the
-sustained rate of 200 answers and the latency percentiles.  Two workloads:
+Starts the real exporter (``python -m exporter``) with a fresh incident store, then posts
+realistic Alertmanager version 4 notifications from C concurrent clients (keep-alive
+connections, like Alertmanager's) for D seconds and reports the sustained rate of 200
+answers and the latency percentiles.  Two stores, side by side in one run:
+
+- ``sqlite``: the default store, a fresh SQLite file (WAL, ``synchronous=FULL``: every
+  acknowledged notification is fsynced; group commit in a writer process);
+- ``postgresql``: ``--storage.url=postgresql://...``, a fresh scratch database on a
+  loopback PostgreSQL server (created for the run, dropped afterwards), with the
+  server's durable settings (``fsync``, ``synchronous_commit``: the exporter refuses
+  anything less).  The server is ``--pg-dsn`` (a role that may ``CREATE DATABASE``),
+  else ``$MCE_BENCH_PG_DSN`` or ``$MCE_TEST_PG_DSN``, else the test stack's
+  (``/tmp/mce-teststack/stack.json``, key ``postgresql``).  Its CPU is read from
+  ``/proc`` (the postmaster, its background processes and the backends of the scratch
+  database), so run the benchmark on the server's machine.
+
+Two workloads:
 
 - ``lifecycle``: each alert group goes through firing (3 new alerts), a repeat of
   the same notification (Alertmanager's repeat_interval), then resolved: one third
@@ -14,17 +26,25 @@ sustained rate of 200 answers and the latency percentiles.  Two workloads:
 - ``new``: every notification carries 3 alerts never seen before (the worst case
   for the store: every alert is an insert plus incident bookkeeping).
 
-    python benchmarks/webhook_bench.py                      # both workloads, 8 clients, 10 s each
-    python benchmarks/webhook_bench.py --clients 8 --duration 10 --workload new
+    python benchmarks/webhook_bench.py                      # both stores and workloads, 8 clients, 3 x 10 s
+    python benchmarks/webhook_bench.py --store sqlite --workload new --repeat 1
+    python benchmarks/webhook_bench.py --store postgresql --pg-dsn postgresql://me@127.0.0.1:5432/postgres
 
-Loopback only; bounded in time (each run stops after --duration seconds) and count
-(--max-requests).  Prints a markdown table and writes it to benchmarks/results/webhook.md.
+By default both stores run when the PostgreSQL server answers, else SQLite alone (with a
+note).  Rounds interleave the stores (round 1: lifecycle on each store, new on each store;
+round 2: ...), so both see the same conditions; the summary shows the median of the rounds
+of each (store, workload) and the ratio PostgreSQL / SQLite.
+
+Loopback only (the exporter listens on 127.0.0.1; a PostgreSQL server elsewhere is
+refused); bounded in time (each run stops after --duration seconds) and count
+(--max-requests).  Prints markdown tables and writes them to benchmarks/results/webhook.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -36,11 +56,16 @@ import sys
 import tempfile
 import time
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "webhook.md"
+STACK_JSON = Path(os.environ.get("MCE_STACK_DIR") or "/tmp/mce-teststack") / "stack.json"
+STORES = ("sqlite", "postgresql")
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 SERVICES = ("inbound", "outbound", "imap")
 CONFIG = """
 global: {interval: 1h, timeout: 10s}
@@ -103,7 +128,7 @@ def notification(alerts: list[dict[str, object]], status: str, group: int) -> by
     ).encode()
 
 
-def bodies(workload: str, client: int, base: float):  # type: ignore[no-untyped-def]
+def bodies(workload: str, client: int, base: float) -> Iterator[tuple[bytes, int]]:
     """An endless stream of notification bodies for one client."""
     group = 0
     while True:
@@ -182,7 +207,9 @@ async def client_loop(
     return alerts
 
 
-async def run_load(port: int, workload: str, clients: int, duration: float, max_requests: int) -> dict[str, float]:
+async def run_load(
+    port: int, workload: str, clients: int, duration: float, max_requests: int, cpu: CpuMeter
+) -> dict[str, float]:
     latencies: list[float] = []
     errors: list[str] = []
     budget = [max_requests]
@@ -194,12 +221,14 @@ async def run_load(port: int, workload: str, clients: int, duration: float, max_
             for c in range(clients)
         )
     )
+    cpu.start()
     t0 = time.perf_counter()
     stop_at = time.monotonic() + duration
     new_alerts = await asyncio.gather(
         *(client_loop(port, workload, c, stop_at, budget, latencies, errors, base) for c in range(clients))
     )
     elapsed = time.perf_counter() - t0
+    exporter_cpu, server_cpu = cpu.stop()
     lat = sorted(latencies)
 
     def pct(q: float) -> float:
@@ -216,123 +245,426 @@ async def run_load(port: int, workload: str, clients: int, duration: float, max_
         "p99": pct(0.99),
         "max": lat[-1] * 1000,
         "mean": statistics.fmean(lat) * 1000,
+        "server_cpu": exporter_cpu / elapsed,
+        "db_cpu": server_cpu / elapsed if server_cpu is not None else float("nan"),
     }
 
 
-def store_counts(path: Path) -> tuple[int, int]:
-    with sqlite3.connect(path) as conn:
-        alerts = conn.execute("SELECT count(*) FROM alerts").fetchone()[0]
-        incidents = conn.execute("SELECT count(*) FROM incidents").fetchone()[0]
-    return int(alerts), int(incidents)
+# --- CPU from /proc ------------------------------------------------------------------------------------------
+
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
-def run_one(workload: str, clients: int, duration: float, max_requests: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="mce-webhook-bench-") as tmp:
-        cfg = Path(tmp) / "config.yml"
-        cfg.write_text(CONFIG)
-        port = free_port()
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                f"--web.listen-address=127.0.0.1:{port}",
-                f"--storage.path={tmp}/data",
-                f"--config.file={cfg}",
-                "--log.level=warn",
-            ],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2)
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise SystemExit("exporter did not start") from None
-                    time.sleep(0.1)
-            cpu0 = _cpu(proc.pid)
-            result = asyncio.run(run_load(port, workload, clients, duration, max_requests))
-            result["server_cpu"] = (_cpu(proc.pid) - cpu0) / result["seconds"]
-            alerts, incidents = store_counts(Path(tmp) / "data" / "mail-continuity.sqlite")
-            result["stored_alerts"] = alerts
-            result["incidents"] = incidents
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-    return result
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (fields[1]: parent pid, [11], [12]: utime, stime)."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _pids() -> Iterator[int]:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            yield int(entry.name)
 
 
 def _cpu(pid: int) -> float:
     """CPU seconds (user + system) used so far by a process and its children (the store writer)."""
     total = 0.0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(entry.name) == pid or int(fields[1]) == pid:  # fields[1]: the parent pid
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for p in _pids():
+        fields = _stat(p)
+        if fields is not None and (p == pid or int(fields[1]) == pid):
+            total += (int(fields[11]) + int(fields[12])) / _TICK
     return total
+
+
+class PgServerCpu:
+    """CPU seconds of a local PostgreSQL server's work for one database: the postmaster, its background
+    processes (WAL writer, checkpointer, ...) and the backends connected to ``dbname``; never the
+    backends of other databases (other users of a shared server)."""
+
+    AUX = ("checkpointer", "background", "walwriter", "autovacuum", "logical", "archiver", "stats", "startup")
+
+    def __init__(self, postmaster: int, cluster_name: str, dbname: str) -> None:
+        self.postmaster = postmaster
+        self.prefix = "postgres: " + (f"{cluster_name}: " if cluster_name else "")
+        self.dbname = dbname
+
+    def _counts(self, pid: int) -> bool:
+        if pid == self.postmaster:
+            return True
+        try:
+            title = (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return False
+        if not title.startswith(self.prefix):
+            return False
+        words = title[len(self.prefix) :].split()
+        if not words:
+            return False
+        if words[0] in self.AUX:
+            return words[0] != "autovacuum" or words[1:2] == ["launcher"] or self.dbname in words
+        return len(words) >= 2 and words[1] == self.dbname  # a backend: "user dbname host(port) state"
+
+    def __call__(self) -> float:
+        total = 0.0
+        for p in _pids():
+            fields = _stat(p)
+            if fields is not None and (p == self.postmaster or int(fields[1]) == self.postmaster) and self._counts(p):
+                total += (int(fields[11]) + int(fields[12])) / _TICK
+        return total
+
+
+class CpuMeter:
+    def __init__(self, pid: int, server: PgServerCpu | None) -> None:
+        self.pid = pid
+        self.server = server
+        self._t0 = (0.0, 0.0)
+
+    def start(self) -> None:
+        self._t0 = (_cpu(self.pid), self.server() if self.server else 0.0)
+
+    def stop(self) -> tuple[float, float | None]:
+        exporter = _cpu(self.pid) - self._t0[0]
+        return exporter, (self.server() - self._t0[1]) if self.server else None
+
+
+# --- PostgreSQL --------------------------------------------------------------------------------------------
+
+
+def pg_admin_dsn(explicit: str | None) -> tuple[str | None, str]:
+    """(admin DSN or None, where it came from)."""
+    if explicit:
+        return explicit, "--pg-dsn"
+    for env in ("MCE_BENCH_PG_DSN", "MCE_TEST_PG_DSN"):
+        if os.environ.get(env):
+            return os.environ[env], f"${env}"
+    try:
+        pg = json.loads(STACK_JSON.read_text())["postgresql"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"no --pg-dsn, $MCE_BENCH_PG_DSN or $MCE_TEST_PG_DSN, and no test stack ({STACK_JSON})"
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    dsn = str(pg["dsn"])
+    if pg.get("password") and not conninfo_to_dict(dsn).get("password"):
+        dsn = make_conninfo(dsn, password=str(pg["password"]))
+    return dsn, f"the test stack's, {STACK_JSON}"
+
+
+def pg_check(admin: str) -> str | None:
+    """None when the server is loopback and answers, else why not."""
+    try:
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError:
+        return "psycopg is not installed"
+    try:
+        params = conninfo_to_dict(admin)
+    except psycopg.Error:
+        return "invalid PostgreSQL connection string"
+    hosts = str(params.get("host") or params.get("hostaddr") or os.environ.get("PGHOST") or "").split(",")
+    if not all(h in LOOPBACK or h.startswith("/") for h in hosts) or not hosts[0]:
+        return f"the PostgreSQL server must be on this machine, on loopback (host {','.join(hosts) or 'unset'})"
+    try:
+        with psycopg.connect(admin, autocommit=True, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        return f"PostgreSQL does not answer: {type(exc).__name__}"
+    return None
+
+
+class PgDatabase:
+    """A scratch database for one run: created here, dropped (with its sessions) afterwards."""
+
+    def __init__(self, admin: str) -> None:
+        import psycopg
+        from psycopg import sql
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        self.admin = admin
+        self.name = f"mce_bench_{uuid.uuid4().hex[:12]}"
+        params = conninfo_to_dict(admin)
+        self.password = str(params.pop("password", "") or os.environ.get("PGPASSWORD") or "")
+        # the exporter gets the password through PGPASSWORD, not on its command line
+        self.url = make_conninfo(make_conninfo("", **params), dbname=self.name)
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self.name)))
+            row = conn.execute("SELECT pg_backend_pid(), current_setting('cluster_name'), version()").fetchone()
+        assert row is not None
+        fields = _stat(int(row[0]))
+        self.cpu = PgServerCpu(int(fields[1]), str(row[1]), self.name) if fields is not None else None
+        self.version = str(row[2]).split(" on ")[0].split(",")[0]
+
+    def counts(self) -> tuple[int, int]:
+        import psycopg
+        from psycopg.conninfo import make_conninfo
+
+        with psycopg.connect(make_conninfo(self.admin, dbname=self.name), autocommit=True) as conn:
+            a = conn.execute("SELECT count(*) FROM alerts").fetchone()
+            i = conn.execute("SELECT count(*) FROM incidents").fetchone()
+        assert a is not None and i is not None
+        return int(a[0]), int(i[0])
+
+    def drop(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        for attempt in range(5):
+            try:
+                with psycopg.connect(self.admin, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(self.name)))
+                return
+            except psycopg.Error as exc:
+                if attempt == 4:
+                    print(f"warning: could not drop the scratch database {self.name}: {exc}", file=sys.stderr)
+                else:
+                    time.sleep(2)
+
+
+def pg_settings(admin: str) -> str:
+    import psycopg
+
+    with psycopg.connect(admin, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT current_setting('fsync'), current_setting('synchronous_commit'),"
+            " current_setting('wal_sync_method'), current_setting('shared_buffers')"
+        ).fetchone()
+    assert row is not None
+    return f"fsync={row[0]}, synchronous_commit={row[1]}, wal_sync_method={row[2]}, shared_buffers={row[3]}"
+
+
+# --- one run -----------------------------------------------------------------------------------------------
+
+
+def sqlite_counts(path: Path) -> tuple[int, int]:
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        alerts = conn.execute("SELECT count(*) FROM alerts").fetchone()[0]
+        incidents = conn.execute("SELECT count(*) FROM incidents").fetchone()[0]
+    return int(alerts), int(incidents)
+
+
+def run_one(
+    store: str, workload: str, clients: int, duration: float, max_requests: int, pg_admin: str | None
+) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="mce-webhook-bench-") as tmp:
+        cfg = Path(tmp) / "config.yml"
+        cfg.write_text(CONFIG)
+        port = free_port()
+        argv = [
+            sys.executable,
+            "-m",
+            "exporter",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--storage.path={tmp}/data",
+            f"--config.file={cfg}",
+            "--log.level=warn",
+        ]
+        env = dict(os.environ)
+        db: PgDatabase | None = None
+        if store == "postgresql":
+            assert pg_admin is not None
+            db = PgDatabase(pg_admin)
+            argv.append(f"--storage.url={db.url}")
+            if db.password:
+                env["PGPASSWORD"] = db.password
+        log_path = Path(tmp) / "exporter.log"
+        try:
+            with log_path.open("wb") as log:
+                proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log)
+            try:
+                deadline = time.monotonic() + 30
+                while True:
+                    try:
+                        urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=2)
+                        break
+                    except OSError:
+                        if time.monotonic() > deadline or proc.poll() is not None:
+                            tail = log_path.read_text(errors="replace")[-2000:]
+                            raise RuntimeError(f"exporter did not start ({store}):\n{tail}") from None
+                        time.sleep(0.1)
+                cpu = CpuMeter(proc.pid, db.cpu if db is not None else None)
+                result = asyncio.run(run_load(port, workload, clients, duration, max_requests, cpu))
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            alerts, incidents = db.counts() if db is not None else sqlite_counts(Path(tmp) / "data" / DB_FILE)
+            result["stored_alerts"] = alerts
+            result["incidents"] = incidents
+        finally:
+            if db is not None:
+                db.drop()
+    return result
+
+
+DB_FILE = "mail-continuity.sqlite"
+
+
+# --- the report --------------------------------------------------------------------------------------------
+
+ROW_HEAD = (
+    "| workload | notifications/s | alerts/s | p50 ms | p90 ms | p99 ms | max ms | non-200 | exporter CPU | "
+    "stored alerts | incidents | load average |"
+)
+
+
+def run_row(wl: str, r: dict[str, float], with_db: bool) -> str:
+    db = f" {r['db_cpu'] * 100:.0f}% |" if with_db else ""
+    return (
+        f"| {wl} | {r['rate']:.0f} | {r['rate'] * 3:.0f} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | "
+        f"{r['max']:.1f} | {r['errors']:.0f} | {r['server_cpu'] * 100:.0f}% |{db} {r['stored_alerts']:.0f} | "
+        f"{r['incidents']:.0f} | {r['load']:.2f} |"
+    )
+
+
+def med(rows: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def report(
+    rows: list[tuple[str, str, dict[str, float]]],
+    stores: list[str],
+    workloads: list[str],
+    clients: int,
+    duration: float,
+    pg_info: str,
+    note: str,
+) -> str:
+    common = (
+        f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs (client, exporter"
+        " and database server share them; 100% = one core); "
+        f"{duration:g} s per run after 1 s of warm-up; each notification is a realistic Alertmanager v4 payload "
+        "with 3 alerts (about 2 KiB); keep-alive connections; a 200 is sent only after the commit (fsync) that "
+        "holds the notification. The load average is the machine's (1 minute) just before the run: other work on "
+        "the machine shows there, and in the tail latencies."
+    )
+    counts = [sum(1 for s, w, _ in rows if s == st and w == wl) for st in stores for wl in workloads]
+    rounds = f"{min(counts)}" if min(counts) == max(counts) else f"{min(counts)} to {max(counts)}"
+    lines = [f"## Webhook ingestion, durable: {' and '.join(STORE_NAMES[s] for s in stores)}, {clients} clients", ""]
+    lines += [common, ""]
+    if note:
+        lines += [f"Note: {note}", ""]
+    # side by side
+    lines += [
+        f"### Side by side (median of {rounds} round{'s' if rounds != '1' else ''} per store and workload)",
+        "",
+        "| workload | store | notifications/s | alerts/s | p50 ms | p90 ms | p99 ms | max ms | non-200 | "
+        "exporter CPU | server CPU | PostgreSQL / SQLite |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for wl in workloads:
+        base: float | None = None
+        for st in stores:
+            rs = [r for s, w, r in rows if s == st and w == wl]
+            if not rs:
+                continue
+            rate = med(rs, "rate")
+            if st == "sqlite":
+                base = rate
+            ratio = f"{rate / base:.2f}×" if st == "postgresql" and base else ""
+            server = f"{med(rs, 'db_cpu') * 100:.0f}%" if st == "postgresql" else "(in exporter)"
+            lines.append(
+                f"| {wl} | {STORE_NAMES[st]} | {rate:.0f} | {rate * 3:.0f} | {med(rs, 'p50'):.2f} | "
+                f"{med(rs, 'p90'):.2f} | {med(rs, 'p99'):.2f} | {med(rs, 'max'):.1f} | "
+                f"{sum(r['errors'] for r in rs):.0f} | {med(rs, 'server_cpu') * 100:.0f}% | {server} | {ratio} |"
+            )
+    lines.append("")
+    # every run, per store
+    for st in stores:
+        if st == "sqlite":
+            lines += [
+                f"### Webhook ingestion, durable (SQLite WAL, synchronous=FULL, group commit in a writer process), "
+                f"{clients} clients",
+                "",
+                f"SQLite {sqlite3.sqlite_version}; exporter CPU includes its store writer process.",
+                "",
+                ROW_HEAD,
+                "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
+        else:
+            lines += [
+                f"### Webhook ingestion, durable (PostgreSQL, group commit in a writer thread), {clients} clients",
+                "",
+                f"{pg_info}. Server CPU: the postmaster, its background processes and the scratch database's "
+                "backends, from /proc.",
+                "",
+                ROW_HEAD.replace("exporter CPU |", "exporter CPU | server CPU |"),
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
+        lines += [run_row(wl, r, st == "postgresql") for s, wl, r in rows if s == st]
+        lines.append("")
+    return "\n".join(lines)
+
+
+STORE_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds per workload (at most 60)")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per workload (at most 5); the table shows each")
-    ap.add_argument("--max-requests", type=int, default=200_000)
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per run (at most 60)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds (at most 5); the summary shows their median")
+    ap.add_argument("--max-requests", type=int, default=200_000, help="requests per run at most")
     ap.add_argument("--workload", choices=["lifecycle", "new", "both"], default="both")
+    ap.add_argument(
+        "--store",
+        default=None,
+        help="comma-separated: sqlite, postgresql (default: both when PostgreSQL answers, else sqlite)",
+    )
+    ap.add_argument("--pg-dsn", default=None, help="a loopback PostgreSQL role that may CREATE DATABASE")
     ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/webhook.md")
     args = ap.parse_args()
     duration = min(args.duration, 60.0)
     workloads = ["lifecycle", "new"] if args.workload == "both" else [args.workload]
-    rows = []
+    note = ""
+    admin, origin = pg_admin_dsn(args.pg_dsn)
+    why_not = pg_check(admin) if admin is not None else origin
+    if args.store is None:
+        stores = ["sqlite"] + (["postgresql"] if why_not is None else [])
+        if why_not is not None:
+            note = f"PostgreSQL not measured: {why_not}."
+            print(note, file=sys.stderr)
+    else:
+        stores = [s.strip() for s in args.store.split(",") if s.strip()]
+        unknown = [s for s in stores if s not in STORES]
+        if unknown or not stores:
+            ap.error(f"--store: unknown store {', '.join(unknown) or '(none)'}; choose from {', '.join(STORES)}")
+        if "postgresql" in stores and why_not is not None:
+            ap.error(f"--store postgresql: {why_not}")
+    pg_info = ""
+    if "postgresql" in stores:
+        assert admin is not None
+        probe = PgDatabase(admin)
+        probe.drop()
+        pg_info = f"{probe.version} on loopback (server: {origin}), {pg_settings(admin)}"
+    rows: list[tuple[str, str, dict[str, float]]] = []
+    failed: list[str] = []
     for _ in range(max(1, min(args.repeat, 5))):
         for wl in workloads:
-            load = os.getloadavg()[0]
-            r = run_one(wl, args.clients, duration, args.max_requests)
-            r["load"] = load
-            rows.append((wl, r))
-            print(
-                f"{wl}: {r['rate']:.0f}/s p50 {r['p50']:.1f} ms p99 {r['p99']:.1f} ms errors {r['errors']:.0f}"
-                f" (load average before: {load:.2f})",
-                flush=True,
-            )
-    lines = [
-        f"### Webhook ingestion, durable (SQLite WAL, synchronous=FULL, group commit in a writer process), "
-        f"{args.clients} clients",
-        "",
-        f"{platform.python_implementation()} {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-        f"{os.cpu_count()} CPUs (client and exporter share them; exporter CPU includes its store writer process, "
-        f"100% = one core); {duration:g} s per run after 1 s of "
-        "warm-up; each notification is a realistic Alertmanager v4 payload with 3 alerts (about 2 KiB); "
-        "keep-alive connections; a 200 is sent only after the commit (fsync) that holds the notification. "
-        "The load average is the machine's (1 minute) just before the run: other work on the machine shows "
-        "there, and in the tail latencies.",
-        "",
-        "| workload | notifications/s | alerts/s | p50 ms | p90 ms | p99 ms | max ms | non-200 | exporter CPU | "
-        "stored alerts | incidents | load average |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for wl, r in rows:
-        lines.append(
-            f"| {wl} | {r['rate']:.0f} | {r['rate'] * 3:.0f} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | "
-            f"{r['max']:.1f} | {r['errors']:.0f} | {r['server_cpu'] * 100:.0f}% | {r['stored_alerts']:.0f} | "
-            f"{r['incidents']:.0f} | {r['load']:.2f} |"
-        )
-    lines.append("")
-    text = "\n".join(lines)
+            for st in stores:
+                load = os.getloadavg()[0]
+                try:
+                    r = run_one(st, wl, args.clients, duration, args.max_requests, admin)
+                except Exception as exc:  # e.g. the PostgreSQL server restarted under the run: report, go on
+                    print(f"{st} {wl}: run failed ({type(exc).__name__}: {exc}); left out", file=sys.stderr)
+                    failed.append(f"{st} {wl}")
+                    continue
+                r["load"] = load
+                rows.append((st, wl, r))
+                db = f" server CPU {r['db_cpu'] * 100:.0f}%" if st == "postgresql" else ""
+                print(
+                    f"{st} {wl}: {r['rate']:.0f}/s p50 {r['p50']:.1f} ms p99 {r['p99']:.1f} ms errors "
+                    f"{r['errors']:.0f} exporter CPU {r['server_cpu'] * 100:.0f}%{db}"
+                    f" (load average before: {load:.2f})",
+                    flush=True,
+                )
+    if failed:
+        note = (note + " " if note else "") + f"Runs that failed and are left out: {', '.join(failed)}."
+    text = report(rows, stores, workloads, args.clients, duration, pg_info, note)
     print(text)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -16,11 +16,16 @@
 #                    runs, the stack dir is wiped and regenerated (new passwords,
 #                    new certificates, empty queue/mailboxes/TSDB).  Prints one
 #                    line on stdout: "up: created", "up: repaired" or
-#                    "up: already-up" (progress goes to stderr).
+#                    "up: already-up" (progress goes to stderr).  A running
+#                    stack made by a version of this script without OAuth2
+#                    gets it added (add_oauth2: Dovecot reloaded, Postfix's
+#                    smtpd processes replaced, nothing else restarted; "up:
+#                    repaired").
 #   down             stop everything this script started (pid files of our own
 #                    instances only; never the system-wide services) and remove
 #                    stack.json.  Logs and data stay until the next "up".
-#   status           one line per service; exit 0 iff all are up.
+#   status           one line per service; exit 0 iff all are up and stack.json
+#                    is there and current ("stack.json outdated": no "oauth2").
 #   restart-postfix  postfix stop + start of our instance.
 #   stop/start SVC   outage injection for tests.
 #
@@ -106,6 +111,21 @@
 # "stop dovecot" stops all of Dovecot (IMAP, LMTP, auth); "start dovecot"
 # keeps the current LMTP on/off state; "up" turns everything on.
 #
+# OAuth2: auth_mechanisms are plain login xoauth2 oauthbearer.  XOAUTH2 and
+# OAUTHBEARER go only to an oauth2 passdb (passdb "mechanisms"), PLAIN/LOGIN
+# and mechanism-less lookups (LMTP's user checks) only to passwd-file, so a
+# password is never a bearer token and a token never a password.  The oauth2
+# passdb validates JWT access tokens locally ($MCE_STACK_DIR/dovecot/oauth2.conf.ext,
+# introspection_mode = local): RS256 signature with the stack's key pair
+# (gen_oauth2, made at "up": $MCE_STACK_DIR/oauth2/signing.key signs, the
+# public key is $MCE_STACK_DIR/oauth2/keys/default/RS256/<kid>, kid = its RFC
+# 7638 thumbprint), header typ "JWT", exp required and not past, nbf/iat not
+# in the future, sub required, iss = https://idp.example.test, and the claim
+# "email" = the login name (lower-cased); "aud" is not checked (2.3.19 cannot).
+# Postfix submission/smtps offer the same mechanisms through Dovecot's auth.
+# The user oauth@example.test (also with a password) is for OAuth2 tests; a
+# token works for any user.  tests/oauth_server.py issues such tokens.
+#
 # Unbound: local data (zones example.test, good.test, badspf.test,
 # baddmarc.test, notlsrpt.test, nomx.test, dnsbl.test, sts.test under a static
 # "test." zone, see gen_unbound) plus two DNSSEC-signed zones (gen_dnssec);
@@ -171,9 +191,10 @@
 #   smtp_selfsigned, smtp_wronghost, submission, smtps, imap, imaps, lmtp,
 #   dovecot_auth, dns, prometheus, alertmanager, dead_relay, postgresql},
 #   dead_relay {host, port}, dead_mx {hostname, host, port},
-#   certs {ca|valid|expired|selfsigned|wronghost|mtasts: {cert, key, chain,
+#   certs {ca|valid|expired|selfsigned|wronghost|mtasts|idp: {cert, key, chain,
 #          not_before, not_after, subject_cn, sans}}  (timestamps: Unix seconds;
-#          mtasts: CA-issued, CN and only SAN mta-sts.sts.test),
+#          mtasts: CA-issued, CN and only SAN mta-sts.sts.test; idp: CA-issued,
+#          CN localhost, SANs localhost and 127.0.0.1, for the tests' token service),
 #   postfix {config_dir, queue_dir, data_dir, log},
 #   dovecot {config, base_dir, log, users_file, mail_dir, home_dir, sieve_before},
 #   mail_dir, unbound {config, log, pid_file, host, port, zones (the static ones)},
@@ -187,6 +208,13 @@
 #               dsn ("postgresql://mce:PASSWORD@127.0.0.1:2432/mce"), data_dir,
 #               socket_dir, config, log, bin_dir (the cluster's major)},
 #   logs {postfix, dovecot, unbound, prometheus, alertmanager, postgresql},
+#   oauth2 {private_key (PEM, signs tokens), public_key, kid, alg ("RS256"),
+#           issuer ("https://idp.example.test", required by Dovecot),
+#           audience (null: not checked), username_attribute ("email"),
+#           user ("oauth@example.test"), mechanisms (["XOAUTH2", "OAUTHBEARER"]),
+#           key_dict (Dovecot's local_validation_key_dict), key_file (the
+#           public key where Dovecot finds it), dovecot_config (oauth2.conf.ext),
+#           cert ("idp": the key of certs for the token service)},
 #   script (absolute path of this script).
 
 set -euo pipefail
@@ -231,7 +259,13 @@ PORT_DEAD_RELAY=$((2999 + PORT_OFFSET))
 PORT_POSTGRESQL=$((2432 + PORT_OFFSET))
 
 VMAIL_USER=mcevmail
-USERS=(probe@example.test ops@example.test archive@archive.example.test replica@example.test)
+USERS=(probe@example.test ops@example.test archive@archive.example.test replica@example.test oauth@example.test)
+# OAuth2 (gen_oauth2): Dovecot validates JWT bearer tokens (XOAUTH2, OAUTHBEARER)
+# locally with the stack's RSA public key.
+OAUTH_USER=oauth@example.test
+OAUTH_ALG=RS256
+OAUTH_ISSUER=https://idp.example.test
+OAUTH_USERNAME_ATTRIBUTE=email
 SERVICES=(postfix dovecot lmtp unbound prometheus alertmanager postgresql)
 PACKAGES=(postfix dovecot-imapd dovecot-lmtpd dovecot-sieve unbound prometheus prometheus-alertmanager openssl
     postgresql  # the HA incident store; binaries in /usr/lib/postgresql/<major>/bin (PG_BINARIES)
@@ -265,6 +299,13 @@ DC_LOG="$DC_DIR/dovecot.log"
 DC_START_LOG="$DC_DIR/start.log"
 DC_USERS="$DC_DIR/users"
 DC_SIEVE="$DC_DIR/sieve/before.sieve"
+DC_OAUTH2_CONF="$DC_DIR/oauth2.conf.ext"
+OAUTH_DIR="$STACK_DIR/oauth2"
+OAUTH_KEY="$OAUTH_DIR/signing.key"
+OAUTH_PUB="$OAUTH_DIR/signing.pub"
+OAUTH_KID_FILE="$OAUTH_DIR/kid"
+# Dovecot's local_validation_key_dict (fs:posix): <prefix>/<azp or "default">/<alg>/<kid>
+OAUTH_KEYS="$OAUTH_DIR/keys"
 MAIL_DIR="$STACK_DIR/mail"
 HOME_DIR="$STACK_DIR/home"
 UB_DIR="$STACK_DIR/unbound"
@@ -777,6 +818,119 @@ gen_certs() {
     done
 }
 
+# OAuth2: the key pair Dovecot validates bearer tokens with, and the
+# certificate of the tests' token service (tests/oauth_server.py).  Needs the
+# CA (gen_certs).  Writes:
+#   $OAUTH_KEY             RSA 2048 private key (openssl genpkey, mode 0600):
+#                          tests sign their JWT access tokens with it (RS256)
+#   $OAUTH_PUB             its public key (PEM)
+#   $OAUTH_KID_FILE        the key id: the RFC 7638 JWK thumbprint of the key
+#   $OAUTH_KEYS/default/RS256/KID
+#                          the public key where Dovecot's local_validation_key_dict
+#                          (fs:posix, prefix $OAUTH_KEYS/) looks it up: tokens
+#                          without an "azp" claim use "default"
+#   $CERT_DIR/idp{.pem,.key,-chain.pem}
+#                          issued by the CA, CN localhost, SAN DNS localhost and
+#                          IP 127.0.0.1, 90 days; added to certs.json as "idp"
+gen_oauth2() {
+    rm -rf --one-file-system "$OAUTH_DIR"
+    mkdir -p "$OAUTH_DIR"
+    chmod 0755 "$OAUTH_DIR"
+    (umask 077 && openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$OAUTH_KEY" 2>/dev/null) ||
+        die "openssl genpkey failed for $OAUTH_KEY"
+    openssl pkey -in "$OAUTH_KEY" -pubout -out "$OAUTH_PUB" 2>/dev/null || die "openssl pkey -pubout failed for $OAUTH_KEY"
+    chmod 0644 "$OAUTH_PUB"
+    python3 - "$OAUTH_PUB" "$OAUTH_KEYS/default/$OAUTH_ALG" "$OAUTH_KID_FILE" "$CERT_DIR" "$SCRIPT_DIR" <<'PY'
+import base64, hashlib, json, os, sys, time
+from pathlib import Path
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+pub_path, key_dir, kid_file, certs = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4])
+sys.path.insert(0, sys.argv[5])
+import teststack_certs  # noqa: E402  (make_leaf: the CA-issued leaves of the other certificates)
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+def uint(n: int) -> str:
+    return b64url(n.to_bytes((n.bit_length() + 7) // 8, "big"))
+
+pub = serialization.load_pem_public_key(pub_path.read_bytes())
+numbers = pub.public_numbers()
+# RFC 7638: SHA-256 over the JWK's required members, sorted, no whitespace
+jwk = json.dumps({"e": uint(numbers.e), "kty": "RSA", "n": uint(numbers.n)}, separators=(",", ":"), sort_keys=True)
+kid = b64url(hashlib.sha256(jwk.encode()).digest())  # [A-Za-z0-9_-]: nothing for Dovecot to escape
+key_dir.mkdir(parents=True)
+for d in (key_dir, key_dir.parent, key_dir.parent.parent):
+    d.chmod(0o755)
+(key_dir / kid).write_bytes(pub_path.read_bytes())
+(key_dir / kid).chmod(0o644)
+kid_file.write_text(kid + "\n")
+kid_file.chmod(0o644)
+
+ca_cert = x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes())
+ca_key = serialization.load_pem_private_key((certs / "ca.key").read_bytes(), password=None)
+now, sans = int(time.time()), ["localhost", "127.0.0.1"]
+cert, key = teststack_certs.make_leaf("localhost", sans, now - 3600, now + 90 * 86400, (ca_cert, ca_key))
+pem = cert.public_bytes(serialization.Encoding.PEM)
+(certs / "idp.pem").write_bytes(pem)
+(certs / "idp-chain.pem").write_bytes(pem + (certs / "ca.pem").read_bytes())
+fd = os.open(certs / "idp.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+with os.fdopen(fd, "wb") as fh:
+    fh.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                               serialization.NoEncryption()))
+described = json.loads((certs / "certs.json").read_text())
+described["idp"] = {
+    "cert": str(certs / "idp.pem"),
+    "key": str(certs / "idp.key"),
+    "chain": str(certs / "idp-chain.pem"),
+    "not_before": teststack_certs._bound(cert, "before"),
+    "not_after": teststack_certs._bound(cert, "after"),
+    "subject_cn": "localhost",
+    "sans": sans,
+}
+(certs / "certs.json").write_text(json.dumps(described, indent=2, sort_keys=True) + "\n")
+PY
+    [[ -s $OAUTH_KID_FILE ]] || die "gen_oauth2: no key id in $OAUTH_KID_FILE"
+}
+
+# "up" on a running stack made by a teststack.sh without OAuth2: add what
+# gen_oauth2 makes, the users that are missing (oauth@example.test gets a new
+# password; the others keep theirs) to Dovecot's users file and Postfix's
+# virtual_mailboxes, and Dovecot's new auth settings (dovecot.conf is
+# regenerated; the LMTP on/off state is kept).  A running Dovecot is reloaded
+# and Postfix's smtpd processes are replaced (postfix_refresh_sasl: fresh
+# connections to the new auth process, virtual_mailboxes re-read).  The
+# caller rewrites stack.json.  PostgreSQL, Unbound, Prometheus and
+# Alertmanager are not touched.
+add_oauth2() {
+    local u protocols=
+    log "the stack has no OAuth2 setup yet, adding it"
+    gen_oauth2
+    for u in "${USERS[@]}"; do
+        if ! cut -d: -f1 "$DC_USERS" | grep -qxF -- "$u"; then
+            log "adding the user $u"
+            printf '%s:{PLAIN}%s::::::\n' "$u" "$(openssl rand -hex 12)" >>"$DC_USERS"
+        fi
+        if ! cut -d' ' -f1 "$PF_ETC/virtual_mailboxes" | grep -qxF -- "$u"; then
+            printf '%s OK\n' "$u" >>"$PF_ETC/virtual_mailboxes"
+        fi
+    done
+    [[ -f $DC_PROTOCOLS ]] && protocols=$(<"$DC_PROTOCOLS")
+    gen_dovecot
+    [[ -n $protocols ]] && printf '%s\n' "$protocols" >"$DC_PROTOCOLS"
+    if dovecot_running; then
+        log "reloading dovecot"
+        reload_dovecot
+        wait_until "dovecot ports" "$DC_START_LOG $DC_LOG" dovecot_ports_up
+    fi
+    postfix_refresh_sasl
+}
+
+# stack.json was written by a teststack.sh that knows OAuth2.
+stack_has_oauth2() { grep -q '^  "oauth2": {' "$STACK_JSON" 2>/dev/null; }
+
 gen_passwords() {
     local u
     : >"$DC_USERS"
@@ -981,7 +1135,10 @@ ssl_min_protocol = TLSv1.2
 # Plaintext auth only on "secured" connections.  Dovecot counts loopback
 # connections as secured, so plain LOGIN on $PORT_IMAP works without STARTTLS here.
 disable_plaintext_auth = yes
-auth_mechanisms = plain login
+# XOAUTH2 and OAUTHBEARER go only to the oauth2 passdb below; PLAIN, LOGIN
+# and lookups without a mechanism (LMTP's and doveadm's user checks) only to
+# passwd-file.
+auth_mechanisms = plain login xoauth2 oauthbearer
 auth_username_format = %Lu
 
 first_valid_uid = $uid
@@ -1004,7 +1161,14 @@ service anvil {
 
 passdb {
   driver = passwd-file
+  mechanisms = plain login none
   args = scheme=PLAIN username_format=%Lu $DC_USERS
+}
+# OAuth2 bearer tokens (JWT), validated locally: see $DC_OAUTH2_CONF
+passdb {
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = $DC_OAUTH2_CONF
 }
 userdb {
   driver = static
@@ -1063,6 +1227,23 @@ plugin {
   sieve_before = $DC_SIEVE
 }
 EOF
+
+    # Read by the auth process when it starts; the key files at each lookup
+    # (gen_oauth2 makes them).  Dovecot 2.3.19 checks the JWT's signature
+    # (typ JWT, alg and kid from the header; a missing kid is "default"), exp
+    # (required), nbf and iat (not in the future), sub (required), iss (one of
+    # "issuers"), then that the username_attribute claim equals the login
+    # name (both %Lu).  It does not check "aud".  A token with an "azp" claim
+    # is looked up under $OAUTH_KEYS/<azp>/ instead of default/.
+    cat >"$DC_OAUTH2_CONF" <<EOF
+# Generated by teststack.sh - Dovecot's oauth2 passdb (XOAUTH2, OAUTHBEARER).
+introspection_mode = local
+local_validation_key_dict = fs:posix:prefix=$OAUTH_KEYS/
+issuers = $OAUTH_ISSUER
+username_attribute = $OAUTH_USERNAME_ATTRIBUTE
+username_format = %Lu
+EOF
+    chmod 0644 "$DC_OAUTH2_CONF"
 
     cat >"$DC_SIEVE" <<'EOF'
 require ["fileinto", "mailbox"];
@@ -1418,6 +1599,9 @@ write_stack_json() {
         DNSSEC_DIR="$DNSSEC_DIR" DNSSEC_ZONES="${DNSSEC_ZONES[*]}" \
         PG_PASSWORD="$PG_PASSWORD" PG_BIN="$(pg_bin_dir 2>/dev/null || true)" \
         PG_ROLE="$PG_ROLE" PG_DATABASE="$PG_DATABASE" \
+        OAUTH_DIR="$OAUTH_DIR" OAUTH_KEY="$OAUTH_KEY" OAUTH_PUB="$OAUTH_PUB" OAUTH_KID_FILE="$OAUTH_KID_FILE" \
+        OAUTH_KEYS="$OAUTH_KEYS" OAUTH_ALG="$OAUTH_ALG" OAUTH_ISSUER="$OAUTH_ISSUER" OAUTH_USER="$OAUTH_USER" \
+        OAUTH_USERNAME_ATTRIBUTE="$OAUTH_USERNAME_ATTRIBUTE" DC_OAUTH2_CONF="$DC_OAUTH2_CONF" \
         python3 - "$tmp" <<'PY'
 import json, os, sys
 from urllib.parse import quote
@@ -1519,6 +1703,26 @@ data = {
     },
     "logs": logs,
 }
+# OAuth2 (gen_oauth2): only once the key pair exists
+if os.path.exists(os.environ["OAUTH_KID_FILE"]):
+    with open(os.environ["OAUTH_KID_FILE"]) as fh:
+        kid = fh.read().strip()
+    alg, keys = os.environ["OAUTH_ALG"], os.environ["OAUTH_KEYS"]
+    data["oauth2"] = {
+        "private_key": os.environ["OAUTH_KEY"],
+        "public_key": os.environ["OAUTH_PUB"],
+        "kid": kid,
+        "alg": alg,
+        "issuer": os.environ["OAUTH_ISSUER"],
+        "audience": None,
+        "username_attribute": os.environ["OAUTH_USERNAME_ATTRIBUTE"],
+        "user": os.environ["OAUTH_USER"],
+        "mechanisms": ["XOAUTH2", "OAUTHBEARER"],
+        "key_dict": f"fs:posix:prefix={keys}/",
+        "key_file": f"{keys}/default/{alg}/{kid}",
+        "dovecot_config": os.environ["DC_OAUTH2_CONF"],
+        "cert": "idp",
+    }
 with open(sys.argv[1], "w") as fh:
     json.dump(data, fh, indent=2, sort_keys=True)
     fh.write("\n")
@@ -1743,17 +1947,38 @@ stop_all() {
 # ----------------------------------------------------------------------------
 # commands
 
+# The webhook URL in stack.json: the one the running Alertmanager was
+# configured with (kept when "up" rewrites stack.json of a running stack).
+stack_json_webhook_url() {
+    python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["alertmanager"]["webhook_url"])' \
+        "$STACK_JSON" || die "cannot read $STACK_JSON"
+}
+
 cmd_up() {
     need_root
     require_binaries
     if [[ -f $STACK_JSON ]] && all_up; then
-        log "stack already up ($STACK_DIR)"
-        echo "up: already-up"
+        if stack_has_oauth2; then
+            log "stack already up ($STACK_DIR)"
+            echo "up: already-up"
+            return 0
+        fi
+        # A stack made by a teststack.sh without OAuth2: add it (Dovecot is
+        # reloaded, Postfix's smtpd processes replaced; nothing else restarts).
+        WEBHOOK_URL=$(stack_json_webhook_url)
+        add_oauth2
+        write_stack_json
+        log "stack up ($STACK_JSON)"
+        echo "up: repaired"
         return 0
     fi
     if [[ -f $STACK_JSON && -f $STACK_DIR/$MARKER_NAME ]] && any_running; then
         log "stack partially up, starting the missing services"
-        local add_pg=
+        local add_pg="" add_oauth=""
+        if ! stack_has_oauth2; then
+            add_oauth2
+            add_oauth=1
+        fi
         if [[ ! -f $PG_DATA/PG_VERSION ]] && ! postgresql_running; then
             # A stack made by a teststack.sh without PostgreSQL: add it.
             log "the stack has no postgresql cluster yet, creating it"
@@ -1764,10 +1989,8 @@ cmd_up() {
             add_pg=1
         fi
         start_all
-        if [[ -n $add_pg ]]; then
-            # keep the webhook URL the running Alertmanager was configured with
-            WEBHOOK_URL=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["alertmanager"]["webhook_url"])' \
-                "$STACK_JSON") || die "cannot read $STACK_JSON"
+        if [[ -n $add_pg || -n $add_oauth ]]; then
+            WEBHOOK_URL=$(stack_json_webhook_url)
             write_stack_json
         fi
         log "stack up ($STACK_JSON)"
@@ -1788,6 +2011,7 @@ cmd_up() {
     init_postgresql 9>&- &
     pg_init_pid=$!
     gen_certs
+    gen_oauth2
     gen_dnssec
     gen_postfix
     gen_dovecot
@@ -1825,6 +2049,10 @@ cmd_status() {
     done
     if [[ ! -f $STACK_JSON ]]; then
         printf '%-13s %s\n' stack.json missing
+        rc=1
+    elif ! stack_has_oauth2; then
+        # made by a teststack.sh without OAuth2; "up" adds it
+        printf '%-13s %s\n' stack.json outdated
         rc=1
     fi
     return "$rc"

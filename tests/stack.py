@@ -234,6 +234,30 @@ class Stack:
         return _ro(self.raw["mta_sts"])
 
     @property
+    def oauth2(self) -> Mapping[str, Any]:
+        """stack.json "oauth2": private_key (PEM path; signs the JWT access tokens Dovecot
+        accepts), public_key, kid, alg ("RS256"), issuer (required by Dovecot), audience
+        (None: Dovecot 2.3.19 does not check it), username_attribute ("email": the claim that
+        must equal the login name), user ("oauth@example.test"), mechanisms, key_dict,
+        key_file, dovecot_config, cert (the key of ``certs`` for the token service).
+        tests/oauth_server.py issues such tokens."""
+        try:
+            return _ro(self.raw["oauth2"])
+        except KeyError:
+            raise KeyError(
+                f'{self.stack_dir}/stack.json has no "oauth2" (made by an older teststack.sh): run: sudo {SCRIPT} up'
+            ) from None
+
+    @property
+    def oauth2_user(self) -> str:
+        """The mailbox user meant for OAuth2 tests (tokens work for every user)."""
+        return str(self.oauth2["user"])
+
+    def cert(self, name: str) -> Mapping[str, Any]:
+        """stack.json "certs" NAME: cert, key, chain, not_before, not_after, subject_cn, sans."""
+        return self.certs[name]
+
+    @property
     def postgresql(self) -> Mapping[str, Any]:
         """stack.json "postgresql": host, port, user, password, database, dsn (a libpq
         ``postgresql://`` URL with the password), data_dir, socket_dir, config, log, bin_dir."""

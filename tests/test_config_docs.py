@@ -38,11 +38,15 @@ FULL_ENV = {
     "MCE_PROBE_PASSWORD": "probe-pw-from-env-1f3a",
     "MCE_CANARY_PASSWORD": "canary-pw-from-env-9c2e",
     "MCE_WEBHOOK_TOKEN": "webhook-token-from-env-77d0",
+    "MCE_WEBHOOK_PASSWORD": "webhook-pw-from-env-5b1c",
+    "MCE_M365_CERT_KEY": "-----BEGIN PRIVATE KEY-----from-env-0e4d",
+    "MCE_GOOGLE_SA_JSON": '{"type": "service_account", "from": "env-3a9f"}',
+    "MCE_OAUTH_REFRESH_TOKEN": "refresh-token-from-env-c81b",
 }
 
 TABLE_HEADER = "| key | type | default | meaning |"
 ANCHOR_RE = re.compile(r"^<!-- schema: (\w+) -->$")
-KEY_CELL_RE = re.compile(r"^`([a-z_]+)`$")
+KEY_CELL_RE = re.compile(r"^`([a-z_][a-z0-9_]*)`$")
 CODE_CELL_RE = re.compile(r"^`([^`]*)`$")
 
 
@@ -196,7 +200,15 @@ def test_schema_walk_finds_nested_and_union_dataclasses() -> None:
         assert name in SCHEMA
     assert {"global", "from", "to", "min_healthy_mx", "password", "bearer_token"} <= set(ALL_KEYS)
     assert "global_" not in ALL_KEYS and "mail_from" not in ALL_KEYS
-    assert SECRET_KEYS == ["bearer_token", "password", "url"]
+    assert SECRET_KEYS == [
+        "bearer_token",
+        "client_secret",
+        "password",
+        "private_key",
+        "refresh_token",
+        "service_account",
+        "url",
+    ]
 
 
 @pytest.mark.parametrize("key", ALL_KEYS)

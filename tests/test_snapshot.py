@@ -43,7 +43,7 @@ def test_families_grouped_once_across_checks() -> None:
         (("check", "b"), ("target", "h2:25")): 0.0,
     }
     # every reason x 2 targets, all present from the start at 0
-    assert len(values["mail_probe_failures_total"]) == 2 * len(REASONS) == 22
+    assert len(values["mail_probe_failures_total"]) == 2 * len(REASONS) == 24
     assert set(values["mail_probe_failures_total"].values()) == {0.0}
 
 

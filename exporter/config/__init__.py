@@ -158,12 +158,128 @@ class TLSSettings:
 
 
 @dataclass(frozen=True)
-class AuthConfig:
+class BasicAuthConfig:
+    """HTTP basic authentication credentials (``webhook.basic_auth``)."""
+
     username: str
     password: Secret
 
     def __repr__(self) -> str:
-        return f"AuthConfig(username={self.username!r}, password=<redacted>)"
+        return f"BasicAuthConfig(username={self.username!r}, password=<redacted>)"
+
+
+#: SASL mechanisms a probe may be told to use; "auto" picks from what the server offers.
+Mechanism = Literal["auto", "PLAIN", "LOGIN", "XOAUTH2", "OAUTHBEARER"]
+#: Default scopes per OAuth2 provider (app-only IMAP/SMTP access).
+OAUTH2_SCOPES = {"microsoft": "https://outlook.office365.com/.default", "google": "https://mail.google.com/"}
+MICROSOFT_AUTHORITY = "https://login.microsoftonline.com"
+
+
+@dataclass(frozen=True)
+class OAuth2Certificate:
+    """A certificate credential of a Microsoft Entra app registration (instead of a client secret)."""
+
+    private_key: Secret  # PEM; usually private_key_file
+    certificate_file: str  # the public certificate (PEM) uploaded to the app registration
+
+    def __repr__(self) -> str:
+        return f"OAuth2Certificate(certificate_file={self.certificate_file!r}, private_key=<redacted>)"
+
+
+@dataclass(frozen=True)
+class OAuth2Config:
+    """Where a probe gets its OAuth2 access token (see docs/hosted.md)."""
+
+    provider: Literal["microsoft", "google", "generic"]
+    #: microsoft: the directory (tenant) id or domain; generic: unused.
+    tenant_id: str | None = None
+    #: microsoft, generic: the application (client) id.
+    client_id: str | None = None
+    client_secret: Secret | None = None
+    #: microsoft: a certificate instead of client_secret.
+    certificate: OAuth2Certificate | None = None
+    #: microsoft: the authority host (sovereign clouds: https://login.microsoftonline.us ...).
+    authority: str = MICROSOFT_AUTHORITY
+    #: google: the service account's JSON key (usually service_account_file).
+    service_account: Secret | None = None
+    #: google: the mailbox the service account acts as (domain-wide delegation); default: the username.
+    subject: str | None = None
+    #: generic: the token endpoint; google: overrides the key file's token_uri.
+    token_url: str | None = None
+    #: generic: use the refresh-token grant with this token instead of client credentials.
+    refresh_token: Secret | None = None
+    #: generic: how the client authenticates at the token endpoint.
+    client_auth: Literal["basic", "post"] = "basic"
+    #: Default: https://outlook.office365.com/.default (microsoft), https://mail.google.com/ (google).
+    scope: str | None = None
+    #: Trust these CAs for the token endpoint instead of the system store.
+    ca_file: str | None = None
+    timeout: Duration = 10.0
+
+    @property
+    def scopes(self) -> tuple[str, ...]:
+        scope = self.scope if self.scope is not None else OAUTH2_SCOPES.get(self.provider, "")
+        return tuple(scope.split())
+
+    def validate(self) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        p = self.provider
+        if p == "microsoft":
+            if not self.tenant_id:
+                out.append(("tenant_id", "expected the directory (tenant) id of the app registration"))
+            if not self.client_id:
+                out.append(("client_id", "expected the application (client) id"))
+            if (self.client_secret is None) == (self.certificate is None):
+                out.append(("client_secret", "expected exactly one of client_secret and certificate"))
+            if not re.match(r"^https://[^/\s]+/?$", self.authority):
+                out.append(("authority", f'expected a URL like "{MICROSOFT_AUTHORITY}", got "{self.authority}"'))
+        elif p == "google":
+            if self.service_account is None:
+                out.append(("service_account", "expected the service account's JSON key (service_account_file)"))
+        else:
+            if not self.token_url:
+                out.append(("token_url", "expected the token endpoint's URL"))
+            if not self.client_id:
+                out.append(("client_id", "expected the client id"))
+            if self.client_secret is None and self.refresh_token is None:
+                out.append(("client_secret", "expected client_secret (client credentials) or refresh_token"))
+        if self.token_url is not None and not re.match(r"^https://[^/\s]+(/\S*)?$", self.token_url):
+            out.append(("token_url", f'expected an https:// URL, got "{self.token_url}"'))
+        extra = {
+            "microsoft": ("service_account", "subject", "refresh_token", "token_url"),
+            "google": ("client_secret", "certificate", "refresh_token", "tenant_id"),
+            "generic": ("certificate", "service_account", "subject", "tenant_id"),
+        }[p]
+        for key in extra:
+            if getattr(self, key) is not None:
+                out.append((key, f"not used by provider {p}"))
+        if self.timeout <= 0:
+            out.append(("timeout", "expected a positive duration"))
+        return out
+
+
+def _check_credentials(password: Secret | None, oauth2: OAuth2Config | None, mechanism: str) -> list[tuple[str, str]]:
+    if (password is None) == (oauth2 is None):
+        return [("password", "expected exactly one of password and oauth2")]
+    if oauth2 is not None and mechanism in ("PLAIN", "LOGIN"):
+        return [("mechanism", f"{mechanism} sends a password; with oauth2 use XOAUTH2, OAUTHBEARER or auto")]
+    if password is not None and mechanism in ("XOAUTH2", "OAUTHBEARER"):
+        return [("mechanism", f"{mechanism} needs oauth2 credentials, not a password")]
+    return []
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    username: str
+    password: Secret | None = None
+    oauth2: OAuth2Config | None = None
+    mechanism: Mechanism = "auto"
+
+    def validate(self) -> list[tuple[str, str]]:
+        return _check_credentials(self.password, self.oauth2, self.mechanism)
+
+    def __repr__(self) -> str:
+        return f"AuthConfig(username={self.username!r}, mechanism={self.mechanism!r}, <credentials redacted>)"
 
 
 # --- domains (MX discovery, DNS posture, DNSBL) -------------------------------------------------
@@ -474,7 +590,9 @@ class SendConfig:
 class ReceiveConfig:
     address: str
     username: str
-    password: Secret
+    password: Secret | None = None
+    oauth2: OAuth2Config | None = None
+    mechanism: Mechanism = "auto"
     tls: ImapTLS = "implicit"
     tls_config: TLSSettings = field(default_factory=TLSSettings)
     folders: tuple[str, ...] = ("INBOX",)
@@ -486,9 +604,15 @@ class ReceiveConfig:
 
     def validate(self) -> list[tuple[str, str]]:
         out = _check_address("address", self.address)
+        out.extend(_check_credentials(self.password, self.oauth2, self.mechanism))
         if not self.folders:
             out.append(("folders", "expected at least one folder"))
         return out
+
+    @property
+    def auth(self) -> AuthConfig:
+        """The mailbox's credentials as an :class:`AuthConfig`."""
+        return AuthConfig(self.username, self.password, self.oauth2, self.mechanism)
 
 
 @dataclass(frozen=True)
@@ -561,13 +685,19 @@ BackupConfig = FileMtimeBackup | TimestampFileBackup | CommandBackup
 class ImapEndpoint:
     address: str
     username: str
-    password: Secret
+    password: Secret | None = None
+    oauth2: OAuth2Config | None = None
+    mechanism: Mechanism = "auto"
     tls: ImapTLS = "implicit"
     tls_config: TLSSettings = field(default_factory=TLSSettings)
     folder: str = "INBOX"
 
     def validate(self) -> list[tuple[str, str]]:
-        return _check_address("address", self.address)
+        return _check_address("address", self.address) + _check_credentials(self.password, self.oauth2, self.mechanism)
+
+    @property
+    def auth(self) -> AuthConfig:
+        return AuthConfig(self.username, self.password, self.oauth2, self.mechanism)
 
 
 @dataclass(frozen=True)
@@ -688,7 +818,7 @@ class ContinuityConfig:
 @dataclass(frozen=True)
 class WebhookConfig:
     bearer_token: Secret | None = None
-    basic_auth: AuthConfig | None = None
+    basic_auth: BasicAuthConfig | None = None
     max_body_bytes: int = 1 << 20
 
     def validate(self) -> list[tuple[str, str]]:

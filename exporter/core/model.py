@@ -40,6 +40,7 @@ REASONS: tuple[str, ...] = (
     "tls_policy",
     "dane_mismatch",
     "dnssec",
+    "auth_token",
 )
 
 LabelPairs = tuple[tuple[str, str], ...]

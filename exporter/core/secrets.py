@@ -8,7 +8,7 @@ registered value by ``<redacted>`` wherever it appears, as defence in depth.
 
 from __future__ import annotations
 
-__all__ = ["REDACTED", "Secret", "redact", "register"]
+__all__ = ["REDACTED", "Secret", "redact", "register", "unregister"]
 
 import threading
 
@@ -27,6 +27,15 @@ def register(value: str) -> None:
     with _lock:
         if value not in _known:
             _known.add(value)
+            _sorted = tuple(sorted(_known, key=len, reverse=True))
+
+
+def unregister(value: str) -> None:
+    """Forget a secret that can no longer appear (a replaced access token): keeps the set bounded."""
+    global _sorted
+    with _lock:
+        if value in _known:
+            _known.discard(value)
             _sorted = tuple(sorted(_known, key=len, reverse=True))
 
 

@@ -18,11 +18,12 @@ __all__ = [
     "quoted",
     "read_logical_line",
     "read_response",
+    "sasl_authenticate",
 ]
 
 import asyncio
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +31,9 @@ from exporter.net.tls import ProbeFailure, printable, read_exactly, read_line
 
 #: Most lines accepted in one response (SELECT answers with about ten).
 MAX_RESPONSE_LINES = 1000
+#: Longest AUTHENTICATE line with a SASL-IR initial response (RFC 4959); a longer response is
+#: sent after the continuation (Dovecot drops command lines above about 8 KB).
+MAX_SASL_IR_LINE = 4096
 #: Largest literal accepted inside a response.
 MAX_LITERAL = 64 * 1024
 #: Untagged lines kept per response (the rest is read and dropped).
@@ -162,3 +166,59 @@ def quoted(value: str) -> str | None:
     if not value.isascii() or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
         return None
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+async def sasl_authenticate(
+    reader: asyncio.StreamReader,
+    send: Callable[[bytes], Awaitable[None]],
+    tag: str,
+    mechanism: str,
+    response: str,
+    abort: str,
+    *,
+    sasl_ir: bool,
+    step: str,
+    trace: Callable[[str], None] | None = None,
+) -> tuple[str, str, str]:
+    """``AUTHENTICATE mechanism`` with one initial ``response`` (base64); returns (status, text, challenge).
+
+    The response goes on the command line when the server has SASL-IR (RFC 4959), else
+    after its first continuation.  A second continuation is the server's error challenge
+    (RFC 7628 §3.2.2): it is answered with ``abort`` and returned as ``challenge`` (its
+    base64 text), and the tagged NO follows.  ``status`` is that of the tagged completion.
+    Nothing secret is traced.  Raises ProbeFailure for anything else.
+    """
+    command = f"{tag} AUTHENTICATE {mechanism} {response}"
+    sent = sasl_ir and len(command) <= MAX_SASL_IR_LINE
+    if not sent:
+        command = f"{tag} AUTHENTICATE {mechanism}"
+    if trace is not None:
+        trace(f"C: {tag} AUTHENTICATE {mechanism}" + (" <redacted>" if sent else ""))
+    await send(command.encode("ascii") + b"\r\n")
+    challenge = ""
+    budget = [MAX_RESPONSE_LINES]
+    while budget[0] > 0:
+        raw = await read_logical_line(reader, step, trace, budget)
+        parsed = parse_response_line(raw)
+        if parsed is None:
+            raise ProbeFailure("protocol", f"{step}: not an IMAP response: {printable(raw, 60)!r}")
+        if parsed.kind == "continuation":
+            if not sent:
+                if trace is not None:
+                    trace("C: <redacted>")
+                await send(response.encode("ascii") + b"\r\n")
+                sent = True
+            elif not challenge:
+                challenge = parsed.text or "-"
+                if trace is not None:
+                    trace("C: <abort>")
+                await send(abort.encode("ascii") + b"\r\n")
+            else:
+                raise ProbeFailure("protocol", f"{step}: a second challenge after the error")
+        elif parsed.kind == "tagged":
+            if parsed.tag != tag:
+                raise ProbeFailure("protocol", f"{step}: response for unknown tag {parsed.tag!r}")
+            return parsed.status, parsed.text, challenge
+        elif parsed.status == "BYE":
+            raise ProbeFailure("protocol", f"{step}: server said BYE: {printable(parsed.text, 120)}")
+    raise ProbeFailure("protocol", f"{step}: response longer than {MAX_RESPONSE_LINES} lines")

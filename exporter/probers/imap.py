@@ -66,8 +66,11 @@ from exporter.net.imapwire import (
     parse_response_line,
     read_logical_line,
     read_response,
+    sasl_authenticate,
 )
 from exporter.net.imapwire import quoted as quote_imap
+from exporter.net.oauth import oauth_token
+from exporter.net.sasl import abort_response, choose_mechanism, initial_response, oauth_error
 from exporter.net.tls import (
     CLOSE_WAIT,
     Conn,
@@ -193,7 +196,10 @@ class _ImapProbe:
         if settings.auth is not None and not session.preauth:
             if conn.tls_version is None and "LOGINDISABLED" in session.capabilities:
                 raise ProbeFailure("tls", "login: the server disables LOGIN without TLS (LOGINDISABLED)")
-            await self._login(conn, settings.auth)
+            if settings.auth.oauth2 is not None:
+                await self._authenticate(conn, settings.auth, session.capabilities)
+            else:
+                await self._login(conn, settings.auth)
         if settings.select is not None:
             started = time.monotonic()
             mailbox = quote_imap(settings.select)
@@ -205,7 +211,45 @@ class _ImapProbe:
             self.run.phase("select", started)
         await self._logout(conn)
 
+    async def _authenticate(self, conn: Conn, auth: AuthConfig, caps: frozenset[str]) -> None:
+        """AUTHENTICATE XOAUTH2 or OAUTHBEARER with an OAuth2 access token (RFC 7628, RFC 4959 SASL-IR)."""
+        run = self.run
+        started = time.monotonic()
+        if conn.tls_version is not None and self.settings.tls == "starttls":
+            # capabilities learnt before STARTTLS are void (RFC 9051 §6.2.1); AUTH= often appears only now
+            response = await self._command(conn, "CAPABILITY", "capability")
+            self._expect_ok(response, "capability", "protocol")
+            caps = frozenset()
+            for line in response.untagged:
+                caps = caps | (capabilities(line) or frozenset())
+        offered = {c[5:] for c in caps if c.startswith("AUTH=")}
+        mechanism = choose_mechanism(offered, auth.mechanism, oauth=True)
+        if mechanism is None:
+            wanted = auth.mechanism if auth.mechanism != "auto" else "XOAUTH2 or OAUTHBEARER"
+            shown = " ".join(sorted(offered)) or "none"
+            raise ProbeFailure("auth", f"login: the server does not offer {wanted} (offered: {printable(shown, 80)})")
+        token = await oauth_token(auth)
+        response_b64 = initial_response(mechanism, auth.username, token, self.hostname, self.port)
+        run.add_scrub(response_b64, token)
+        status, text, challenge = await sasl_authenticate(
+            conn.reader,
+            lambda data: conn.send(data, "login"),
+            self._tag(),
+            mechanism,
+            response_b64,
+            abort_response(mechanism),
+            sasl_ir="SASL-IR" in caps,
+            step="login",
+            trace=run.tracer,
+        )
+        if status != "OK":
+            detail = f"{oauth_error(challenge)}: " if challenge else ""
+            reason = "auth" if status == "NO" else "protocol"
+            raise ProbeFailure(reason, f"login: {mechanism}: {detail}{status} {printable(text, 120)}")
+        run.phase("login", started)
+
     async def _login(self, conn: Conn, auth: AuthConfig) -> None:
+        assert auth.password is not None
         password = auth.password.reveal()
         quoted = quote_imap(password)
         self.run.add_scrub(password, quoted or "")

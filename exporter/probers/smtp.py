@@ -69,6 +69,8 @@ from typing import Literal
 
 from exporter.config import AuthConfig, EndpointConfig, SmtpSettings, TLSSettings, split_target
 from exporter.core.model import Sink
+from exporter.net.oauth import oauth_token
+from exporter.net.sasl import abort_response, choose_mechanism, initial_response, oauth_error
 from exporter.net.tls import (
     CLOSE_WAIT,
     Conn,
@@ -86,6 +88,12 @@ MAX_REPLY_LINES = 64
 _KEEP = 512
 
 SmtpTLSMode = Literal["starttls", "optional", "implicit", "none"]
+
+
+#: Longest AUTH command line with its initial response: SMTP's 512-octet command line, CRLF
+#: included (RFC 5321 §4.5.3.1.4).  A longer response (an OAuth2 token always is) follows
+#: the server's 334 on a line of its own (RFC 4954 §4); Postfix cuts longer lines at 2048.
+MAX_COMMAND_LINE = 510
 
 
 @dataclass(frozen=True)
@@ -309,26 +317,50 @@ class _SmtpProbe:
         run = self.run
         if "AUTH" not in ehlo:
             raise ProbeFailure("auth", "auth: the server does not advertise AUTH")
-        offered = {m.upper() for m in ehlo["AUTH"].split()}
+        offered = set(ehlo["AUTH"].upper().split())
+        mechanism = choose_mechanism(offered, auth.mechanism, auth.oauth2 is not None)
+        if mechanism is None:
+            wanted = auth.mechanism if auth.mechanism != "auto" else "a supported mechanism"
+            raise ProbeFailure(
+                "auth", f"auth: the server does not offer {wanted} (offered: {printable(ehlo['AUTH'], 80)})"
+            )
+        started = time.monotonic()
+        if auth.oauth2 is not None:
+            token = await oauth_token(auth)
+            response = initial_response(mechanism, auth.username, token, self.hostname, self.port)
+            run.add_scrub(response, token)
+            line = f"AUTH {mechanism} {response}"
+            if len(line) <= MAX_COMMAND_LINE:
+                reply = await self._command(conn, line, "auth", shown=f"AUTH {mechanism} <redacted>")
+            else:  # too long for an SMTP command line: the response follows the 334 (RFC 4954 §4)
+                reply = await self._command(conn, f"AUTH {mechanism}", "auth")
+                if reply.code == 334:
+                    reply = await self._command(conn, response, "auth", shown="<redacted>")
+            if reply.code == 334:  # the server's error challenge (RFC 7628 §3.2.2): answer it to get the failure
+                refused = oauth_error(reply.lines[0] if reply.lines else "")
+                reply = await self._command(conn, abort_response(mechanism), "auth", shown="<abort>")
+                if reply.code != 235:
+                    raise ProbeFailure("auth", f"auth: {mechanism}: {refused}: {reply.summary()}")
+            self._expect(reply, "auth", 235, reason_5xx="auth")
+            run.phase("auth", started)
+            return
+        assert auth.password is not None
         user = auth.username.encode("utf-8")
         password = auth.password.reveal().encode("utf-8")
         plain = base64.b64encode(b"\0" + user + b"\0" + password).decode("ascii")
         b64_user = base64.b64encode(user).decode("ascii")
         b64_password = base64.b64encode(password).decode("ascii")
         run.add_scrub(plain, b64_password, auth.password.reveal())
-        started = time.monotonic()
-        if "PLAIN" in offered:
+        if mechanism == "PLAIN":
             reply = await self._command(conn, f"AUTH PLAIN {plain}", "auth", shown="AUTH PLAIN <redacted>")
             if reply.code == 334:  # a server that wants the response on its own line
                 reply = await self._command(conn, plain, "auth", shown="<redacted>")
-        elif "LOGIN" in offered:
+        else:
             reply = await self._command(conn, "AUTH LOGIN", "auth")
             if reply.code == 334:
                 reply = await self._command(conn, b64_user, "auth", shown="<redacted>")
             if reply.code == 334:
                 reply = await self._command(conn, b64_password, "auth", shown="<redacted>")
-        else:
-            raise ProbeFailure("auth", f"auth: no supported mechanism (offered: {printable(ehlo['AUTH'], 80)})")
         self._expect(reply, "auth", 235, reason_5xx="auth")
         run.phase("auth", started)
 

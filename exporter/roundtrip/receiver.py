@@ -80,9 +80,11 @@ from typing import Any, TypeVar
 
 import aioimaplib
 
-from exporter.config import ImapTLS, ReceiveConfig, TLSSettings, split_address
+from exporter.config import ImapTLS, OAuth2Config, ReceiveConfig, TLSSettings, split_address
 from exporter.core.errors import Failure
 from exporter.core.secrets import Secret, redact
+from exporter.net.oauth import TokenError, token_source
+from exporter.net.sasl import abort_response, choose_mechanism, initial_response, oauth_error
 from exporter.net.tls import client_context, inspect_leaf, printable
 
 # aioimaplib logs every byte at DEBUG and every ignored untagged response at INFO.
@@ -259,6 +261,20 @@ class _Protocol(aioimaplib.IMAP4ClientProtocol):  # type: ignore[misc]
     def __init__(self, loop: asyncio.AbstractEventLoop, conn_lost_cb: Any, on_exists: Callable[[], None]) -> None:
         super().__init__(loop, conn_lost_cb)
         self._on_exists = on_exists
+        #: An AUTHENTICATE in progress: [initial response, abort response, error challenge seen or ""].
+        self.sasl: list[str] | None = None
+
+    def _continuation(self, line: bytes) -> None:
+        cmd = self.pending_sync_command
+        if self.sasl is None or cmd is None or cmd.name != "AUTHENTICATE" or self.transport is None:
+            super()._continuation(line)
+            return
+        if self.sasl[0]:  # the server asks for the initial response
+            response, self.sasl[0] = self.sasl[0], ""
+        else:  # the error challenge (RFC 7628 §3.2.2): answer it, the failure follows
+            self.sasl[2] = oauth_error(line.decode("ascii", "replace")[1:].strip()) or "refused"
+            response = self.sasl[1]
+        self.transport.write(response.encode("ascii") + b"\r\n")
 
     def data_received(self, d: bytes) -> None:
         if len(self.incomplete_line) + len(d) > BUFFER_LIMIT:
@@ -351,11 +367,13 @@ class MailboxSpec:
     tls: ImapTLS
     tls_config: TLSSettings
     username: str
-    password: Secret
+    password: Secret | None
+    oauth2: OAuth2Config | None = None
+    mechanism: str = "auto"
 
     @classmethod
     def from_receive(cls, cfg: ReceiveConfig) -> MailboxSpec:
-        return cls(cfg.address, cfg.tls, cfg.tls_config, cfg.username, cfg.password)
+        return cls(cfg.address, cfg.tls, cfg.tls_config, cfg.username, cfg.password, cfg.oauth2, cfg.mechanism)
 
     @property
     def label(self) -> str:
@@ -655,9 +673,14 @@ class Mailbox:
         if ctx is not None and spec.tls_config.verifies:
             self._check_hostname(client, name)
         if client.protocol.state == aioimaplib.NONAUTH:
-            resp = await self._call("LOGIN", client.login(aioimaplib.quoted(spec.username), spec.password.reveal()))
-            if resp.result != "OK":
-                raise ReceiverError("auth", f"LOGIN rejected: {_text(resp)}")
+            if spec.oauth2 is not None:
+                await self._authenticate(client, spec)
+            else:
+                assert spec.password is not None
+                login = client.login(aioimaplib.quoted(spec.username), spec.password.reveal())
+                resp = await self._call("LOGIN", login)
+                if resp.result != "OK":
+                    raise ReceiverError("auth", f"LOGIN rejected: {_text(resp)}")
             await self._call("CAPABILITY", client.protocol.capability())
         self.idle_supported = client.has_capability("IDLE")
         self.uidplus = client.has_capability("UIDPLUS")
@@ -668,6 +691,32 @@ class Mailbox:
         self.error = ""
         self._next_sweep = 0.0  # sweep after every connect
         self._set_changed()
+
+    async def _authenticate(self, client: _Client, spec: MailboxSpec) -> None:
+        """AUTHENTICATE XOAUTH2 or OAUTHBEARER with the credential's access token."""
+        assert spec.oauth2 is not None
+        await self._call("CAPABILITY", client.protocol.capability())  # AUTH= may appear only after STARTTLS
+        offered = {c[5:] for c in client.protocol.capabilities if c.upper().startswith("AUTH=")}
+        mechanism = choose_mechanism({m.upper() for m in offered}, spec.mechanism, oauth=True)
+        if mechanism is None:
+            shown = printable(" ".join(sorted(offered)) or "none", 80)
+            raise ReceiverError("auth", f"the server does not offer XOAUTH2 or OAUTHBEARER (offered: {shown})")
+        try:
+            token = await token_source(spec.oauth2, spec.username).token()
+        except TokenError as exc:
+            raise ReceiverError("auth_token", str(exc)) from None
+        host, port = self.host, self.port
+        name = spec.tls_config.server_name or host
+        protocol = client.protocol
+        protocol.sasl = [initial_response(mechanism, spec.username, token, name, port), abort_response(mechanism), ""]
+        try:
+            command = aioimaplib.Command("AUTHENTICATE", protocol.new_tag(), mechanism, loop=protocol.loop)
+            resp = await self._call(f"AUTHENTICATE {mechanism}", protocol.execute(command))
+        finally:
+            refused, protocol.sasl = protocol.sasl[2], None
+        if resp.result != "OK":
+            raise ReceiverError("auth", f"AUTHENTICATE {mechanism} rejected: {refused or _text(resp)}")
+        protocol.state = aioimaplib.AUTH
 
     def _check_hostname(self, client: _Client, name: str) -> None:
         transport = client.protocol.transport

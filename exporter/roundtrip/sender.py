@@ -36,8 +36,10 @@ from dataclasses import dataclass
 
 import aiosmtplib
 
-from exporter.config import SendConfig, split_address
+from exporter.config import AuthConfig, SendConfig, split_address
 from exporter.core.secrets import redact
+from exporter.net.oauth import TokenError, token_source
+from exporter.net.sasl import abort_response, choose_mechanism, initial_response, oauth_error
 from exporter.net.tls import client_context, inspect_leaf, printable
 from exporter.roundtrip.receiver import PROBE_HEADER
 
@@ -122,6 +124,33 @@ def _reason_for_code(code: int) -> str:
     return "protocol"
 
 
+async def _oauth_login(smtp: aiosmtplib.SMTP, auth: AuthConfig, host: str, port: int) -> SendResult | None:
+    """AUTH XOAUTH2 or OAUTHBEARER with the credential's access token; a failure's result, or None."""
+    offered = {m.upper() for m in smtp.esmtp_extensions.get("auth", "").split()}
+    mechanism = choose_mechanism(offered, auth.mechanism, oauth=True)
+    if mechanism is None:
+        shown = printable(" ".join(sorted(offered)) or "none", 80)
+        return _fail("auth", f"auth: the server does not offer XOAUTH2 or OAUTHBEARER (offered: {shown})")
+    assert auth.oauth2 is not None
+    try:
+        token = await token_source(auth.oauth2, auth.username).token()
+    except TokenError as exc:
+        return _fail("auth_token", f"auth: {exc}")
+    response = initial_response(mechanism, auth.username, token, host, port)
+    # always after the 334: a token is longer than an SMTP command line may be (RFC 4954 §4)
+    reply = await smtp.execute_command(b"AUTH", mechanism.encode())
+    if reply.code == 334:
+        reply = await smtp.execute_command(response.encode())
+    refused = ""
+    if reply.code == 334:  # the error challenge (RFC 7628 §3.2.2): answer it, the failure follows
+        refused = oauth_error(reply.message)
+        reply = await smtp.execute_command(abort_response(mechanism).encode())
+    if reply.code != 235:
+        detail = f"{refused}: " if refused else ""
+        return _fail("auth", f"auth: {mechanism}: {detail}{reply.code} {printable(reply.message, 160)}", reply.code)
+    return None
+
+
 def _fail(reason: str, message: str, code: int | None = None) -> SendResult:
     return SendResult(None, code, reason, redact(message))
 
@@ -195,7 +224,13 @@ async def send_probe(cfg: SendConfig, message: bytes, *, timeout: float) -> Send
                     return _fail("tls", "auth: credentials are configured but the session is not encrypted")
                 step = "auth"
                 try:
-                    await smtp.login(cfg.auth.username, cfg.auth.password.reveal())
+                    if cfg.auth.oauth2 is not None:
+                        failed = await _oauth_login(smtp, cfg.auth, name, port)
+                        if failed is not None:
+                            return failed
+                    else:
+                        assert cfg.auth.password is not None
+                        await smtp.login(cfg.auth.username, cfg.auth.password.reveal())
                 except aiosmtplib.SMTPAuthenticationError as exc:
                     return _fail("auth", f"auth: {_reply(exc)}", exc.code)
                 except aiosmtplib.SMTPException as exc:

@@ -22,7 +22,9 @@ from email.utils import formatdate
 
 from exporter.config import ImapCanaryReplica, ImapEndpoint, TLSSettings, split_address
 from exporter.continuity.sources.common import SourceError
-from exporter.net.imapwire import ImapResponse, parse_response_line, read_response
+from exporter.net.imapwire import ImapResponse, parse_response_line, read_response, sasl_authenticate
+from exporter.net.oauth import oauth_token
+from exporter.net.sasl import abort_response, choose_mechanism, initial_response, oauth_error
 from exporter.net.tls import LINE_LIMIT, ProbeFailure, client_context, read_line
 
 #: The header that carries the canary token.
@@ -89,24 +91,62 @@ class ImapSession:
                     raise self._fail("tls", f"STARTTLS refused: {resp.summary()}")
                 assert self.writer is not None
                 await self.writer.start_tls(ctx, server_hostname=hostname)  # type: ignore[arg-type]
-            if greeting.status != "PREAUTH":
+            if greeting.status != "PREAUTH" and ep.oauth2 is not None:
+                await self._authenticate(hostname, port)
+            elif greeting.status != "PREAUTH":
+                assert ep.password is not None
                 resp = await self.command(
                     f"LOGIN {_quoted(ep.username)} {_quoted(ep.password.reveal())}", shown="LOGIN <redacted>"
                 )
                 if resp.status != "OK":
                     raise self._fail("auth", f"LOGIN rejected: {resp.summary()}")
-            resp = await self.command("CAPABILITY")
-            caps: set[str] = set()
-            for line in resp.untagged:
-                if line.upper().startswith("CAPABILITY "):
-                    caps.update(w.upper() for w in line.split()[1:])
-            self.capabilities = frozenset(caps)
+            await self._capabilities()
         except ProbeFailure as exc:
             raise self._fail(exc.reason, str(exc)) from None
         except ssl.SSLError as exc:
             raise self._fail("tls", f"TLS failed: {exc.reason or exc}") from None
         except OSError as exc:
             raise self._fail("refused", f"cannot connect: {exc.strerror or exc}") from None
+
+    async def _authenticate(self, hostname: str, port: int) -> None:
+        """AUTHENTICATE XOAUTH2 or OAUTHBEARER with the endpoint's OAuth2 token (see exporter.net.oauth)."""
+        ep = self.endpoint
+        offered = {c[5:] for c in (await self._capabilities()) if c.startswith("AUTH=")}
+        mechanism = choose_mechanism(offered, ep.mechanism, oauth=True)
+        if mechanism is None:
+            shown = " ".join(sorted(offered)) or "none"
+            raise self._fail("auth", f"the server does not offer XOAUTH2 or OAUTHBEARER (offered: {shown[:80]})")
+        token = await oauth_token(ep.auth)  # ProbeFailure auth_token
+        assert self.reader is not None and self.writer is not None
+        writer = self.writer
+
+        async def send(data: bytes) -> None:
+            writer.write(data)
+            await writer.drain()
+
+        self._tags += 1
+        status, text, challenge = await sasl_authenticate(
+            self.reader,
+            send,
+            f"C{self._tags}",
+            mechanism,
+            initial_response(mechanism, ep.username, token, hostname, port),
+            abort_response(mechanism),
+            sasl_ir="SASL-IR" in self.capabilities,
+            step="authenticate",
+        )
+        if status != "OK":
+            detail = oauth_error(challenge) if challenge else f"{status} {text[:120]}"
+            raise self._fail("auth", f"AUTHENTICATE {mechanism} rejected: {detail}")
+
+    async def _capabilities(self) -> frozenset[str]:
+        resp = await self.command("CAPABILITY")
+        caps: set[str] = set()
+        for line in resp.untagged:
+            if line.upper().startswith("CAPABILITY "):
+                caps.update(w.upper() for w in line.split()[1:])
+        self.capabilities = frozenset(caps)
+        return self.capabilities
 
     async def command(self, text: str, *, shown: str | None = None) -> ImapResponse:
         if self.reader is None or self.writer is None:

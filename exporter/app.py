@@ -34,6 +34,7 @@ from exporter.core.errors import ConfigError, ExporterError
 from exporter.core.model import Sample
 from exporter.core.scheduler import Check, Scheduler
 from exporter.core.snapshot import Snapshot, render_samples
+from exporter.net.oauth import clear_sources
 from exporter.web.probe import ProbeGate
 
 log = logging.getLogger("exporter")
@@ -119,6 +120,8 @@ class Exporter:
         self.scheduler.apply(built)
         if self.continuity is not None:
             self.continuity.apply_config(cfg)
+        credentials = config.oauth2_credentials(cfg)
+        clear_sources(keep=lambda c: c in credentials)  # cached tokens of credentials no longer configured
         self.config = cfg
         self.reload_ok = True
         self.reload_success_time = time.time()

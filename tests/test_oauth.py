@@ -208,3 +208,89 @@ async def test_an_answer_without_a_token(idp: Idp, tmp_path: Path) -> None:
     with pytest.raises(TokenError, match="no access_token"):
         await src.token()
     assert json.dumps(idp.requests) == "[]"
+
+
+async def test_a_reload_forgets_the_tokens_of_removed_credentials(idp: Idp) -> None:
+    from exporter.net.oauth import _SOURCES, clear_sources, token_source
+
+    kept_cfg, dropped_cfg = generic(idp, scope="a"), generic(idp, scope="b")
+    kept, dropped = token_source(kept_cfg, "u"), token_source(dropped_cfg, "u")
+    assert token_source(kept_cfg, "other") is kept  # shared by every check with the credential
+    kept_token, dropped_token = await kept.token(), await dropped.token()
+    clear_sources(keep=lambda cfg: cfg == kept_cfg)
+    assert token_source(kept_cfg, "u") is kept and dropped_cfg not in {k[0] for k in _SOURCES}
+    assert redact(kept_token) == "<redacted>" and redact(dropped_token) == dropped_token
+    clear_sources()
+
+
+def test_oauth2_credentials_of_a_config(tmp_path: Path) -> None:
+    from exporter import config
+
+    text = """
+endpoints:
+  - name: a
+    protocol: imap
+    address: imap.example.com:993
+    auth: {username: u@example.com, oauth2: {provider: google, service_account: "{}"}}
+  - name: b
+    protocol: smtp
+    address: smtp.example.com:587
+    auth: {username: u@example.com, password: pw}
+routes:
+  - name: r
+    send: {address: smtp.example.com:587, from: u@example.com, to: u@example.com,
+           auth: {username: u@example.com, oauth2: {provider: google, service_account: "{}", subject: x@example.com}}}
+    receive: {address: imap.example.com:993, username: u@example.com,
+              oauth2: {provider: generic, token_url: "https://sso.example.com/t", client_id: c, client_secret: s}}
+"""
+    cfg = config.load_text(text)
+    assert {(c.provider, c.subject) for c in config.oauth2_credentials(cfg)} == {
+        ("google", None),
+        ("google", "x@example.com"),
+        ("generic", None),
+    }
+
+
+@pytest.mark.parametrize(
+    ("auth", "message"),
+    [
+        ("{username: u@example.com}", "auth.password: expected exactly one of password and oauth2"),
+        (
+            '{username: u@example.com, password: pw, oauth2: {provider: google, service_account: "{}"}}',
+            "auth.password: expected exactly one of password and oauth2",
+        ),
+        (
+            '{username: u@example.com, mechanism: PLAIN, oauth2: {provider: google, service_account: "{}"}}',
+            "auth.mechanism: PLAIN sends a password",
+        ),
+        ("{username: u@example.com, password: pw, mechanism: XOAUTH2}", "auth.mechanism: XOAUTH2 needs oauth2"),
+        (
+            "{username: u@example.com, oauth2: {provider: microsoft, client_id: c, client_secret: s}}",
+            "auth.oauth2.tenant_id: expected the directory (tenant) id",
+        ),
+        (
+            "{username: u@example.com, oauth2: {provider: microsoft, tenant_id: t, client_id: c}}",
+            "auth.oauth2.client_secret: expected exactly one of client_secret and certificate",
+        ),
+        ("{username: u@example.com, oauth2: {provider: google}}", "auth.oauth2.service_account: expected"),
+        (
+            '{username: u@example.com, oauth2: {provider: generic, token_url: "http://sso.example.com/t",'
+            " client_id: c, client_secret: s}}",
+            'auth.oauth2.token_url: expected an https:// URL, got "http://sso.example.com/t"',
+        ),
+        (
+            '{username: u@example.com, oauth2: {provider: google, service_account: "{}", client_secret: s}}',
+            "auth.oauth2.client_secret: not used by provider google",
+        ),
+        ("{username: u@example.com, oauth2: {provider: okta}}", "auth.oauth2.provider"),
+    ],
+)
+def test_bad_oauth2_config_names_the_key(auth: str, message: str) -> None:
+    from exporter import config
+    from exporter.core.errors import ConfigError
+
+    text = f"endpoints:\n  - {{name: a, protocol: imap, address: imap.example.com:993, auth: {auth}}}\n"
+    with pytest.raises(ConfigError) as err:
+        config.load_text(text, "hosted.yml")
+    assert "hosted.yml" in str(err.value) and message in str(err.value), str(err.value)
+    assert "pw" not in str(err.value).replace("password", "")

@@ -925,6 +925,24 @@ class Config:
         return out
 
 
+def oauth2_credentials(cfg: Config) -> set[OAuth2Config]:
+    """Every ``oauth2`` credential of a config (endpoints, routes, IMAP canaries)."""
+    out: set[OAuth2Config] = set()
+    for ep in cfg.endpoints:
+        if ep.auth is not None and ep.auth.oauth2 is not None:
+            out.add(ep.auth.oauth2)
+    for route in cfg.routes:
+        for o in (route.send.auth.oauth2 if route.send.auth is not None else None, route.receive.oauth2):
+            if o is not None:
+                out.add(o)
+    for ds in cfg.continuity.datasets:
+        for replica in ds.replicas:
+            for side in (getattr(replica, "primary", None), getattr(replica, "replica", None)):
+                if isinstance(side, ImapEndpoint) and side.oauth2 is not None:
+                    out.add(side.oauth2)
+    return out
+
+
 def load_text(text: str, file: str = "<config>", base_dir: Path | None = None) -> Config:
     """Load a config from YAML text.  Raises :class:`ConfigError` listing every issue."""
     data, lines = load_yaml(text, file)

@@ -4,6 +4,7 @@ with a fake sender and mailbox, the message, and the SMTP/IMAP clients against f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email
 import logging
 import math
@@ -18,6 +19,7 @@ from exporter import config
 from exporter.checks import build
 from exporter.checks.route import route_check, route_grace
 from exporter.core import metrics
+from exporter.core.errors import ConfigError
 from exporter.core.model import Sample, Sink
 from exporter.roundtrip.receiver import (
     PROBE_HEADER,
@@ -501,6 +503,8 @@ def test_message() -> None:
     assert msg["X-Test-Junk"] == "yes"
     assert msg["Bcc"] is None and msg["X-Evil"] == "a Bcc: victim@example.com"
     assert msg["Date"] == "Fri, 15 Jan 2027 08:00:00 GMT"
+    # automatic mail: no vacation or out-of-office answers (RFC 3834; Exchange's own header)
+    assert msg["Auto-Submitted"] == "auto-generated" and msg["X-Auto-Response-Suppress"] == "All"
     assert b"\r\n\r\n" in raw and len(raw) < 2048
     assert all(line.endswith(b"\r") or line == b"" for line in raw.split(b"\n")[:-1])
 
@@ -593,6 +597,35 @@ async def test_send_mail_from_refused_carries_the_code() -> None:
         result = await send_probe(send_cfg(f"{srv.host}:{srv.port}"), b"x", timeout=2)
     assert (result.reason, result.code) == ("reply_5xx", 502)
     assert result.message.startswith("mail from: 502")
+
+
+@pytest.mark.parametrize(
+    ("envelope", "mail_from"),
+    [
+        ("", "MAIL FROM:<probe@example.test>"),
+        ("bounces@monitor.example.net", "MAIL FROM:<bounces@monitor.example.net>"),
+        ("<>", "MAIL FROM:<>"),
+    ],
+)
+async def test_send_envelope_sender(envelope: str, mail_from: str) -> None:
+    cfg = send_cfg("127.0.0.1:25")
+    if envelope:
+        cfg = dataclasses.replace(cfg, envelope_from=envelope)
+    script = SmtpScript()
+    async with smtp_server(script) as srv:
+        await send_probe(dataclasses.replace(cfg, address=f"{srv.host}:{srv.port}"), b"x", timeout=2)
+    assert any(c.upper().startswith(mail_from.upper()) for c in script.commands), script.commands
+
+
+def test_envelope_from_is_an_address_or_the_null_sender() -> None:
+    text = """
+routes:
+  - name: s
+    send: {address: "127.0.0.1:25", from: probe@example.test, to: probe@example.test, envelope_from: nobody}
+    receive: {address: "127.0.0.1:993", username: u, password: p}
+"""
+    with pytest.raises(ConfigError, match='envelope_from: expected an address, or "<>" for no bounces'):
+        config.load_text(text)
 
 
 async def test_send_starttls_required_but_not_offered() -> None:

@@ -571,8 +571,17 @@ class SendConfig:
     helo: str = "mail-continuity-exporter.invalid"
     auth: AuthConfig | None = None
     mail_from: str = field(default="", metadata={"key": "from"})
+    #: MAIL FROM, where bounces of probes go: an address, or "<>" for none.  Default: ``from``.
+    envelope_from: str | None = None
     rcpt_to: str = field(default="", metadata={"key": "to"})
     headers: dict[str, str] = field(default_factory=dict)  # extra headers on every probe message
+
+    @property
+    def envelope_sender(self) -> str:
+        """The MAIL FROM address: ``envelope_from`` ("" for the null sender ``<>``), else ``from``."""
+        if self.envelope_from is None:
+            return self.mail_from
+        return "" if self.envelope_from == "<>" else self.envelope_from
 
     def validate(self) -> list[tuple[str, str]]:
         out = _check_address("address", self.address)
@@ -581,6 +590,8 @@ class SendConfig:
                 out.append((f"headers.{name}", "expected a header name of letters, digits and dashes"))
         if "@" not in self.mail_from:
             out.append(("from", f'expected an address like "probe@example.com", got "{self.mail_from}"'))
+        if self.envelope_from is not None and self.envelope_from != "<>" and "@" not in self.envelope_from:
+            out.append(("envelope_from", f'expected an address, or "<>" for no bounces, got "{self.envelope_from}"'))
         if "@" not in self.rcpt_to:
             out.append(("to", f'expected an address like "probe@example.com", got "{self.rcpt_to}"'))
         return out

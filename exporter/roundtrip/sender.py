@@ -56,6 +56,8 @@ RESERVED_HEADERS = frozenset(
         "MIME-Version",
         "Content-Type",
         "Content-Transfer-Encoding",
+        "Auto-Submitted",
+        "X-Auto-Response-Suppress",
     )
 )
 
@@ -99,6 +101,10 @@ def build_message(
         f"Date: {email.utils.formatdate(now, localtime=False, usegmt=True)}",
         f"Message-ID: <mce.{token}@{_clean_value(domain)}>",
         f"{PROBE_HEADER}: {token}",
+        # automatic mail (RFC 3834 §5): no vacation or out-of-office answer to a probe;
+        # Exchange honours its own suppression header rather than Auto-Submitted
+        "Auto-Submitted: auto-generated",
+        "X-Auto-Response-Suppress: All",
     ]
     for name, value in (headers or {}).items():
         if name.lower() not in RESERVED_HEADERS:
@@ -238,7 +244,7 @@ async def send_probe(cfg: SendConfig, message: bytes, *, timeout: float) -> Send
                         raise
                     return _fail("auth", f"auth: {printable(str(exc), 160)}")
             step = "mail from"
-            await smtp.mail(cfg.mail_from)
+            await smtp.mail(cfg.envelope_sender)
             step = "rcpt to"
             await smtp.rcpt(cfg.rcpt_to)
             step = "data"

@@ -513,6 +513,13 @@ class TokenService:
 
     # -- controls -----------------------------------------------------------------
 
+    def reset(self) -> None:
+        """Back to normal answers: no hang, good signatures, the default lifetime, no failure."""
+        self.hang = False
+        self.bad_signature = False
+        self.lifetime = 3600
+        self.fail_with(None)
+
     def revoke(self, client_id: str) -> None:
         """From now on CLIENT_ID (a client, a service account's client_email, or a refresh token)
         gets 400 invalid_client (clients) or invalid_grant (refresh tokens, service accounts)."""

@@ -44,10 +44,7 @@ def token_service(stack: Stack) -> Iterator[TokenService]:
 @pytest.fixture
 def idp(token_service: TokenService) -> Iterator[TokenService]:
     def reset() -> None:
-        token_service.hang = False
-        token_service.bad_signature = False
-        token_service.lifetime = 3600
-        token_service.fail_with(None)
+        token_service.reset()
         clear_sources()  # every test starts without cached tokens
 
     reset()

@@ -59,10 +59,7 @@ def idp(token_service: TokenService) -> Iterator[TokenService]:
     """The module's TokenService with its controls reset before and after each test."""
 
     def reset() -> None:
-        token_service.hang = False
-        token_service.bad_signature = False
-        token_service.lifetime = 3600
-        token_service.fail_with(None)
+        token_service.reset()
 
     reset()
     yield token_service

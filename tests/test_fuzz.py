@@ -40,6 +40,7 @@ from exporter.config.decode import Duration
 from exporter.core.errors import ConfigError
 from exporter.core.secrets import Secret
 from exporter.queues.showq_parse import MAX_RECIPIENTS, ShowqMessage, parse_all
+from exporter.roundtrip.authresults import AuthResults, MethodResult, parse_authentication_results, verdict
 from exporter.roundtrip.received import Received, parse_received
 
 _LONG = int(os.environ.get("MCE_FUZZ_EXAMPLES", "0")) or (
@@ -169,6 +170,13 @@ def test_seeds_are_what_they_claim() -> None:
     )
     hdr = parse_received((ft.CORPUS / "received/postfix-esmtp.txt").read_text())
     assert (hdr.by_host, hdr.protocol, hdr.utc_offset) == ("mx1.example.net", "ESMTP", 3600)
+    gmail = parse_authentication_results((ft.CORPUS / "authresults/gmail-mx.txt").read_text())
+    assert gmail is not None and gmail.authserv_id == "mx.google.com"
+    assert [verdict([gmail], m) for m in ("spf", "dkim", "dmarc", "arc")] == ["pass"] * 4
+    m365 = parse_authentication_results((ft.CORPUS / "authresults/m365-no-authserv-id.txt").read_text())
+    assert m365 is not None and m365.authserv_id == "" and verdict([m365], "compauth") == "pass"
+    cut = parse_authentication_results((ft.CORPUS / "authresults/broken-unterminated-quote.txt").read_text())
+    assert cut is not None and verdict([cut], "spf") == "none"  # the spf result is inside the open quote
 
 
 # --- mutated seeds --------------------------------------------------------------------------------
@@ -190,6 +198,12 @@ def test_fuzz_showq(data: bytes) -> None:
 @given(mutants("received"))
 def test_fuzz_received(data: bytes) -> None:
     ft.check_received(data)
+
+
+@FUZZ
+@given(mutants("authresults"))
+def test_fuzz_authresults(data: bytes) -> None:
+    ft.check_authresults(data)
 
 
 @FUZZ
@@ -285,6 +299,39 @@ def test_received_round_trip(
     header = ft.render_received(want, date)
     assert parse_received(header) == want
     ft.check_received(header.encode())
+
+
+_AR_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789"
+_AR_KEYWORD = st.builds(str.__add__, st.sampled_from(_AR_CHARS), st.text(_AR_CHARS + "_-", max_size=12))
+_AR_VALUE = st.one_of(
+    _TEXT.filter(str.isprintable), st.builds("{}@{}".format, st.text(_AR_CHARS + ".+-", max_size=10), _AR_KEYWORD)
+)
+_AR_RESULT = st.builds(
+    MethodResult,
+    _AR_KEYWORD,
+    _AR_KEYWORD,
+    st.none() | _AR_VALUE,
+    st.lists(st.tuples(st.tuples(_AR_KEYWORD, _AR_KEYWORD).map(".".join), _AR_VALUE), max_size=4).map(tuple),
+)
+
+
+@FUZZ
+@given(
+    st.one_of(
+        _AR_KEYWORD,
+        st.just(""),
+        _TEXT.map(str.strip).map(str.lower).filter(lambda s: s.isprintable() and s == s.strip().lower()),
+    ),
+    st.none() | st.integers(min_value=0, max_value=999),
+    st.lists(_AR_RESULT, max_size=6).map(tuple),
+)
+def test_authresults_round_trip(authserv_id: str, version: int | None, results: tuple[MethodResult, ...]) -> None:
+    if not authserv_id:  # Microsoft 365's form: no authserv-id, no version, at least one result
+        version, results = None, results or (MethodResult("spf", "pass", None, ()),)
+    want = AuthResults(authserv_id, version, results)
+    header = ft.render_authresults(want)
+    assert parse_authentication_results(header) == want, header
+    ft.check_authresults(header.encode())
 
 
 _FINGERPRINT = st.from_regex(r"[0-9a-f]{16}", fullmatch=True)

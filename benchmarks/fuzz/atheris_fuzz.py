@@ -9,7 +9,8 @@ and the same committed seeds (tests/fuzz/corpus/<target>/).
     python benchmarks/fuzz/atheris_fuzz.py showq -max_total_time=600
     python benchmarks/fuzz/atheris_fuzz.py received -runs=1000000 -jobs=2
 
-Targets: config, showq, received, webhook, dns_txt.  New interesting inputs go to
+Targets: config, showq, received, authresults, webhook, dns_txt, exim_log, dovecot_log,
+postfix_log, syslog_frame.  New interesting inputs go to
 ``benchmarks/results/fuzz/<target>/`` (libFuzzer writes to the first corpus directory;
 the committed corpus is only read); a crash is written to ``crash-<sha1>`` in the current
 directory: copy it into tests/fuzz/corpus/<target>/ so that CI replays it from then on.

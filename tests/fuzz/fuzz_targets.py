@@ -43,7 +43,7 @@ from exporter.logs.sources.syslog import Framer, parse_syslog_frame
 from exporter.logs.tally import Tally
 from exporter.probers import dnsrecords
 from exporter.queues.showq_parse import MAX_RECIPIENTS, ShowqMessage, ShowqParser, parse_all
-from exporter.roundtrip import received
+from exporter.roundtrip import authresults, received
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 #: Directory that relative ``*_file`` secrets in config inputs resolve against.
@@ -150,6 +150,89 @@ def check_received(data: bytes) -> None:
     for hop in hops:
         assert _HOP_LABEL.match(hop.label), hop.label
         assert (hop.delay is None) == (hop.timestamp is None)
+
+
+# --- Authentication-Results headers ---------------------------------------------------------------
+
+_AR_KEYWORD = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_AR_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}(?:\.[a-z0-9][a-z0-9_-]{0,63})?$")
+_AR_TOKEN = re.compile(r"[!#-'*+\-.0-9A-Z^-~]+")  # RFC 2045 token
+_AR_RUN = re.compile(r'[^ \t\r\n;()"]+')  # what the parser reads as an unquoted value
+
+
+def _ar_quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _ar_value(value: str) -> str:
+    return value if _AR_RUN.fullmatch(value) else _ar_quote(value)
+
+
+def render_authresults(ar: authresults.AuthResults) -> str:
+    """An ``Authentication-Results`` value stating ``ar`` (folded, values quoted only when they must be)."""
+    parts = []
+    for r in ar.results:
+        items = [f"{r.method}={r.result}"]
+        if r.reason is not None:
+            items.append(f"reason={_ar_value(r.reason)}")
+        items += [f"{key}={_ar_value(value)}" for key, value in r.properties]
+        parts.append(" ".join(items))
+    if ar.authserv_id == authresults.NO_AUTHSERV_ID:  # Microsoft 365: no authserv-id
+        return ";\n\t".join(parts)
+    head = ar.authserv_id if _AR_TOKEN.fullmatch(ar.authserv_id) else _ar_quote(ar.authserv_id)
+    if ar.version is not None:
+        head += f" {ar.version}"
+    return f"{head}; none" if not ar.results else f"{head};\n\t" + ";\n\t".join(parts)
+
+
+def _printable_within(value: str, limit: int) -> bool:
+    return len(value) <= limit and value.isprintable()
+
+
+def _check_authresults_fields(ar: authresults.AuthResults) -> None:
+    assert _printable_within(ar.authserv_id, authresults.MAX_AUTHSERV_ID_CHARS), ar.authserv_id
+    assert ar.authserv_id == ar.authserv_id.strip().lower(), ar.authserv_id
+    if ar.authserv_id == authresults.NO_AUTHSERV_ID:
+        assert ar.results and ar.version is None, ar
+    assert ar.version is None or 0 <= ar.version < 10**9
+    assert len(ar.results) <= authresults.MAX_RESULTS
+    for r in ar.results:
+        assert _AR_KEYWORD.match(r.method) and _AR_KEYWORD.match(r.result), r
+        assert r.reason is None or _printable_within(r.reason, authresults.MAX_VALUE_CHARS), r.reason
+        assert len(r.properties) <= authresults.MAX_PROPERTIES
+        for key, value in r.properties:
+            assert _AR_KEY.match(key) and key != "reason", key
+            assert _printable_within(value, authresults.MAX_VALUE_CHARS), value
+        assert r in ar.get(r.method.upper())
+
+
+def check_authresults(data: bytes) -> None:
+    text = data.decode("utf-8", "replace")
+    # The private parser: the public one swallows exceptions, which would hide a bug from the fuzzer.
+    ar = authresults._parse(text)
+    assert authresults.parse_authentication_results(text) == ar
+    if ar is not None:
+        _check_authresults_fields(ar)
+        again = render_authresults(ar)
+        if len(again) <= authresults.MAX_HEADER_CHARS:  # quoting can lengthen a value written unquoted
+            assert authresults._parse(again) == ar, (again, ar)
+    # Only the fields of the asked authserv-id count; verdicts come from the bounded set.
+    headers = [text, "forged.example; spf=pass; dkim=pass", text]
+    wanted = {"example.com", authresults.NO_AUTHSERV_ID, "forged.example"} | ({ar.authserv_id} if ar else set())
+    for authserv_id in wanted:
+        chosen = authresults.results_for(headers, authserv_id)
+        assert all(x.authserv_id == authserv_id for x in chosen), (authserv_id, chosen)
+        mine = 2 if ar is not None and ar.authserv_id == authserv_id else 0
+        assert len(chosen) == mine + (authserv_id == "forged.example"), (authserv_id, chosen)
+        for method in (*authresults.METHODS, "compauth", "X-Unknown"):
+            found = [r.result for x in chosen for r in x.get(method)]
+            result = authresults.verdict(chosen, method)
+            assert result in authresults.RESULTS, result
+            if not found or "pass" in found:
+                assert result == ("pass" if found else "none"), (found, result)
+            else:
+                first = "fail" if found[0] == "hardfail" else found[0]
+                assert result == (first if first in authresults.RESULTS else "other"), (found, result)
 
 
 # --- Alertmanager webhook ---------------------------------------------------------------------
@@ -491,6 +574,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "config": check_config,
     "showq": check_showq,
     "received": check_received,
+    "authresults": check_authresults,
     "webhook": check_webhook,
     "dns_txt": check_dns_txt,
     "exim_log": check_exim_log,

@@ -7,6 +7,7 @@ Modules (imported in this order; none imports the package back):
   idempotency on (fingerprint, startsAt), errors) — what a PostgreSQL store implements;
 - :mod:`.schema`: the SQLite file: :data:`DB_NAME`, :data:`MIGRATIONS`,
   :data:`SCHEMA_VERSION`, :func:`migrate`, connection settings (WAL, synchronous=FULL);
+- :mod:`.queries`: the read statements both stores share (one placeholder apart);
 - :mod:`.tx`: the incident rules' transaction (``IncidentTx``) in SQL, and the write operations;
 - :mod:`.writer`: the writer thread or process, with group commit;
 - :mod:`.sqlite`: :class:`SqliteStore`;

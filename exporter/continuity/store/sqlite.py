@@ -28,6 +28,13 @@ from typing import Any, Literal, TypeVar
 
 from exporter.continuity.figures import Span
 from exporter.continuity.incidents import AlertEvent, Changes, ImportRecord
+from exporter.continuity.store.queries import (
+    ALERT_KEYS,
+    FIRING_CHECK_OUTAGES,
+    firing_check_outage,
+    incident_record,
+    incidents_query,
+)
 from exporter.continuity.store.records import IncidentRecord, OpenIncident, RecoveryHistogram, Summary
 from exporter.continuity.store.schema import DB_NAME, MIGRATIONS, SCHEMA_VERSION, connect, migrate
 from exporter.continuity.store.tx import Op
@@ -288,51 +295,23 @@ class SqliteStore:
 
     async def firing_check_outages(self) -> list[tuple[str, int, float]]:
         def fn(c: sqlite3.Connection) -> list[tuple[str, int, float]]:
-            return [
-                (r[0], int(r[1]), float(r[2]))
-                for r in c.execute(
-                    "SELECT fingerprint, starts_ms, starts_at FROM alerts WHERE ends_at IS NULL AND source = 'check'"
-                )
-            ]
+            return [firing_check_outage(r) for r in c.execute(FIRING_CHECK_OUTAGES)]
 
         return await self._read(fn)
 
     async def incidents(
         self, *, service: str | None = None, open_only: bool = False, limit: int | None = None
     ) -> list[IncidentRecord]:
-        where = []
-        params: list[Any] = []
-        if service is not None:
-            where.append("i.service = ?")
-            params.append(service)
-        if open_only:
-            where.append("i.ended_at IS NULL")
-        sql = (
-            "SELECT i.id, i.service, i.kind, i.severity, i.started_at, i.ended_at, i.source, i.labels,"
-            " (SELECT count(*) FROM incident_alerts ia WHERE ia.incident_id = i.id),"
-            " (SELECT a.labels FROM incident_alerts ia JOIN alerts a ON a.id = ia.alert_id"
-            "  WHERE ia.incident_id = i.id ORDER BY a.starts_at LIMIT 1)"
-            " FROM incidents i"
-        )
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY i.started_at, i.id"
-        if limit is not None:
-            sql += " LIMIT ?"
-            params.append(limit)
+        sql, params = incidents_query("?", service=service, open_only=open_only, limit=limit)
 
         def fn(c: sqlite3.Connection) -> list[IncidentRecord]:
-            out = []
-            for r in c.execute(sql, params):
-                labels = r[7] if r[7] != "{}" or r[9] is None else r[9]
-                out.append(IncidentRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], int(r[8]), labels))
-            return out
+            return [incident_record(r) for r in c.execute(sql, params)]
 
         return await self._read(fn)
 
     async def alert_keys(self) -> list[tuple[str, int]]:
         def fn(c: sqlite3.Connection) -> list[tuple[str, int]]:
-            return [(r[0], int(r[1])) for r in c.execute("SELECT fingerprint, starts_ms FROM alerts")]
+            return [(r[0], int(r[1])) for r in c.execute(ALERT_KEYS)]
 
         return await self._read(fn)
 

@@ -829,3 +829,35 @@ def test_generated_fields_round_trip(want: AuthResults, rnd: random.Random) -> N
     assert parse_authentication_results(header) == want, header
     if want.authserv_id:
         assert results_for(["forged.invalid; spf=pass", header], want.authserv_id) == [want]
+
+
+# --- the comment after a result (DMARC policy and disposition live there) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "method", "comment"),
+    [
+        ("mx-in.example.test; dmarc=pass (p=reject dis=none) header.from=signed.test", "dmarc", "p=reject dis=none"),
+        ("mx.google.com; dmarc=pass (p=NONE dis=NONE) header.from=gmail.com", "dmarc", "p=NONE dis=NONE"),
+        ("mx; dkim=pass (2048-bit key; unprotected) header.d=a.test", "dkim", "2048-bit key; unprotected"),
+        ("mx; spf=pass (a (nested) one) (and a second) smtp.mailfrom=a.test", "spf", "a (nested) one and a second"),
+        ("mx; spf=pass (quoted \\) paren) smtp.mailfrom=a.test", "spf", "quoted ) paren"),
+        ("mx; dkim=pass header.d=a.test (a comment after a property is not the result's)", "dkim", ""),
+        ("mx; dkim=fail (comment never closed", "dkim", ""),
+        ("mx; dmarc=fail", "dmarc", ""),
+    ],
+)
+def test_comment_after_result(value: str, method: str, comment: str) -> None:
+    parsed = parse_authentication_results(value)
+    assert parsed is not None
+    (result,) = parsed.get(method)
+    assert result.comment == comment
+
+
+def test_comment_is_bounded_and_printable() -> None:
+    parsed = parse_authentication_results("mx; dmarc=pass (" + "x\x01" * 1000 + ") header.from=a.test")
+    assert parsed is not None
+    (result,) = parsed.get("dmarc")
+    assert len(result.comment) <= MAX_VALUE_CHARS
+    assert result.comment.isprintable()
+    assert result.prop("header.from") == "a.test"

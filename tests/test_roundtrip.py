@@ -112,10 +112,14 @@ def test_every_series_exists_from_start_up() -> None:
 
 
 def test_label_names_follow_the_contract() -> None:
-    route = Route(route_config(), clock=Clock(T0))
+    route = Route(route_config(extra_receive=", authserv_id: mx1.example.test"), clock=Clock(T0))
     p = route.new_probe()
     route.sent(p, T0)
-    route.on_found(found(p.token, T0 + 1.5, received=RECEIVED))
+    verdict = (
+        ("Authentication-Results", "mx1.example.test; spf=pass smtp.mailfrom=example.test; arc=none"),
+        ("X-Spam-Status", "No, score=0.3"),
+    )
+    route.on_found(dataclasses.replace(found(p.token, T0 + 1.5, received=RECEIVED), fields=verdict))
     names = set()
     for s in route.state.samples():
         assert isinstance(s, Sample)

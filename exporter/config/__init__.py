@@ -612,12 +612,24 @@ class ReceiveConfig:
     idle_recheck: bool = True  # with IDLE, also search again while a probe is pending (see docs/roundtrip.md)
     poll_interval: Duration = 5.0
     keep_messages: bool = False
+    #: The receiving domain's authserv-id: only Authentication-Results fields that carry it
+    #: are read (``mx.google.com``; "" for Microsoft 365, whose field has none).  Unset: no
+    #: authentication verdict.
+    authserv_id: str | None = None
 
     def validate(self) -> list[tuple[str, str]]:
         out = _check_address("address", self.address)
         out.extend(_check_credentials(self.password, self.oauth2, self.mechanism))
         if not self.folders:
             out.append(("folders", "expected at least one folder"))
+        aid = self.authserv_id
+        if aid is not None and (len(aid) > 255 or not re.fullmatch(r"[!#-'*+\-.0-9A-Z^-~]*", aid)):
+            out.append(
+                (
+                    "authserv_id",
+                    f'expected the receiver\'s authserv-id, a token like "mx.google.com" (or "" for none), got {aid!r}',
+                )
+            )
         return out
 
     @property

@@ -213,6 +213,56 @@ FAMILIES: dict[str, MetricDef] = _defs(
         "Delivery time of the last probe according to the Received header of the last hop.",
         ("route",),
     ),
+    (
+        "mail_roundtrip_auth_results_total",
+        "counter",
+        "Probes found, by the receiver's authentication result per method (spf, dkim, dmarc, arc), "
+        "from its own Authentication-Results header.",
+        ("route", "method", "result"),
+    ),
+    (
+        "mail_roundtrip_auth_result",
+        "gauge",
+        "The receiver's authentication result for the newest probe found (1 for its result, 0 for the others).",
+        ("route", "method", "result"),
+    ),
+    (
+        "mail_roundtrip_auth_header_present",
+        "gauge",
+        "Whether the newest probe found carried an Authentication-Results header with the receiver's authserv-id.",
+        ("route",),
+    ),
+    (
+        "mail_roundtrip_dkim_aligned",
+        "gauge",
+        "Whether a passing DKIM signature of the newest probe found is aligned with its From domain.",
+        ("route",),
+    ),
+    (
+        "mail_roundtrip_dmarc_policy",
+        "gauge",
+        "The From domain's published DMARC policy as the receiver reported it for the newest probe found.",
+        ("route", "policy"),
+    ),
+    (
+        "mail_roundtrip_dmarc_disposition",
+        "gauge",
+        "The DMARC disposition the receiver applied to the newest probe found.",
+        ("route", "disposition"),
+    ),
+    (
+        "mail_roundtrip_spam_verdicts_total",
+        "counter",
+        "Probes found, by the receiver's spam filter verdict (ham, spam, none: no filter header).",
+        ("route", "verdict"),
+    ),
+    (
+        "mail_roundtrip_spam_verdict",
+        "gauge",
+        "The receiver's spam filter verdict on the newest probe found (1 for its verdict, 0 for the others).",
+        ("route", "verdict"),
+    ),
+    ("mail_roundtrip_spam_score", "gauge", "The spam filter's score of the newest probe found.", ("route",)),
     # --- logs: source health -----------------------------------------------------------------
     ("mail_log_up", "gauge", "Whether the last read of a log source succeeded.", ("source",)),
     (

@@ -91,7 +91,7 @@ __all__ = [
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: Characters of one header value that are looked at (a real one is a few hundred).
 MAX_HEADER_CHARS = 16384
@@ -137,6 +137,10 @@ class MethodResult:
     result: str  # lower-case keyword: pass, fail, softfail, neutral, none, temperror, permerror, policy...
     reason: str | None  # the reason= value, unquoted, printable, at most MAX_VALUE_CHARS
     properties: tuple[tuple[str, str], ...]  # (lower-case "ptype.property", value), in order
+    #: The text of the comments right after the result (``dmarc=pass (p=reject dis=none)``: ``p=reject
+    #: dis=none``), printable, at most MAX_VALUE_CHARS; "" when there are none.  Not compared: a
+    #: comment is not part of the result.
+    comment: str = field(default="", compare=False)
 
     def prop(self, name: str) -> str | None:
         """The first value of property ``name`` (``"header.d"``, case-insensitive), or None."""
@@ -336,17 +340,47 @@ def _methodspec(cur: _Cursor) -> tuple[str, str]:
     return method, cur.keyword()
 
 
+def _comment_text(segment: str) -> str:
+    """The text inside the comments of a CFWS ``segment`` (nested parentheses kept, outer ones dropped)."""
+    out: list[str] = []
+    depth = 0
+    i, end = 0, len(segment)
+    while i < end and len(out) <= MAX_VALUE_CHARS:
+        c = segment[i]
+        if c == "\\" and depth and i + 1 < end:
+            out.append(segment[i + 1])
+            i += 2
+            continue
+        if c == "(":
+            if depth:
+                out.append(c)
+            elif out:
+                out.append(" ")
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth:
+                out.append(c)
+        elif depth:
+            out.append(c)
+        i += 1
+    return " ".join(_printable("".join(out)).split())
+
+
 def _resinfo(cur: _Cursor) -> MethodResult:
     """One resinfo up to (not past) the next ``;``.  Raises :class:`_Bad` when its methodspec is unreadable."""
     method, result = _methodspec(cur)
     reason: str | None = None
     props: list[tuple[str, str]] = []
     item = cur.pos
+    comment = ""
     try:
+        cur.cfws()
+        comment = _comment_text(cur.text[item : cur.pos]) if "(" in cur.text[item : cur.pos] else ""
         while True:
             cur.cfws()
             if cur.at_end() or cur.peek() == ";":
-                return MethodResult(method, result, reason, tuple(props))
+                return MethodResult(method, result, reason, tuple(props), comment)
             item = cur.pos
             key = cur.keyword()
             cur.cfws()
@@ -365,7 +399,7 @@ def _resinfo(cur: _Cursor) -> MethodResult:
     except _Bad:
         # Keep what was stated before the unreadable part; resume at the next resinfo.
         cur.skip_to_semicolon(item)
-        return MethodResult(method, result, reason, tuple(props))
+        return MethodResult(method, result, reason, tuple(props), comment)
 
 
 def _is_none(cur: _Cursor) -> bool:

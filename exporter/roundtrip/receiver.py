@@ -86,12 +86,16 @@ from exporter.core.secrets import Secret, redact
 from exporter.net.oauth import TokenError, token_source
 from exporter.net.sasl import abort_response, choose_mechanism, initial_response, oauth_error
 from exporter.net.tls import client_context, inspect_leaf, printable
+from exporter.roundtrip.verdict import FETCHED_HEADERS
 
 # aioimaplib logs every byte at DEBUG and every ignored untagged response at INFO.
 logging.getLogger("aioimaplib").setLevel(logging.WARNING)
 logging.getLogger("aioimaplib.aioimaplib").setLevel(logging.WARNING)
 
 PROBE_HEADER = "X-Mail-Continuity-Probe"
+#: Header fields of a found probe kept for the verdict, at most.
+MAX_VERDICT_FIELDS = 256
+_VERDICT_FIELDS = frozenset(h.lower() for h in FETCHED_HEADERS)
 #: A token of ours: 10 hex digits of the Unix time it was made, then 22 random hex digits.
 TOKEN_RE = re.compile(r"[0-9a-f]{32}")
 
@@ -186,6 +190,9 @@ class Found:
     seen_at: float  # time.time() when the SEARCH answer that listed it arrived
     received: tuple[str, ...]  # Received header values, in message order (newest first)
     internal_date: float | None
+    #: The receiver's verdict fields (verdict.FETCHED_HEADERS: Authentication-Results, spam
+    #: filters) as (name, value), in message order.
+    fields: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +201,7 @@ class FetchRecord:
     internal_date: float | None
     token: str
     received: tuple[str, ...]
+    fields: tuple[tuple[str, str], ...] = ()
 
 
 def _parse_internaldate(text: str) -> float | None:
@@ -216,7 +224,10 @@ def parse_fetch(lines: Iterable[Any]) -> list[FetchRecord]:
         msg = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(header)
         token = str(msg.get(PROBE_HEADER, "") or "").strip()
         received = tuple(str(v) for v in (msg.get_all("Received") or []))
-        records.append(FetchRecord(uid, internal, token, received))
+        fields = tuple(
+            (str(k), str(v)) for k, v in msg.items()[:MAX_VERDICT_FIELDS] if str(k).lower() in _VERDICT_FIELDS
+        )
+        records.append(FetchRecord(uid, internal, token, received, fields))
 
     for line in lines:
         if isinstance(line, bytearray):
@@ -986,7 +997,7 @@ class Mailbox:
                 uids.extend(found)
             if not uids:
                 continue
-            records = await self._fetch(sorted(set(uids)), (PROBE_HEADER, "Received"))
+            records = await self._fetch(sorted(set(uids)), (PROBE_HEADER, "Received", *FETCHED_HEADERS))
             hits: list[tuple[Found, list[Watcher]]] = []
             delete: list[int] = []
             for rec in records:
@@ -995,7 +1006,8 @@ class Mailbox:
                     continue
                 for w in watchers:
                     w.tokens.discard(rec.token)
-                hits.append((Found(rec.token, folder, rec.uid, seen_at, rec.received, rec.internal_date), watchers))
+                hit = Found(rec.token, folder, rec.uid, seen_at, rec.received, rec.internal_date, rec.fields)
+                hits.append((hit, watchers))
                 if not any(w.keep_messages for w in watchers):
                     delete.append(rec.uid)
             try:

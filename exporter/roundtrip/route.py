@@ -55,9 +55,11 @@ from dataclasses import dataclass, field
 
 from exporter.config import RouteConfig, SendConfig
 from exporter.core.model import CheckState, Sample, Sink
+from exporter.roundtrip.authresults import RESULTS as AUTH_RESULTS
 from exporter.roundtrip.received import Hop, hop_delays, parse_chain, server_delivery_delay
 from exporter.roundtrip.receiver import Found, Mailbox, MailboxSpec, Watcher, get_mailbox, new_token
 from exporter.roundtrip.sender import SendResult, build_message, send_probe
+from exporter.roundtrip.verdict import AUTH_METHODS, DMARC_POLICIES, SPAM_VERDICTS, Verdict, judge
 
 #: Histogram buckets of ``mail_roundtrip_latency_seconds``: 250 ms to one hour.
 LATENCY_BUCKETS: tuple[float, ...] = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -80,6 +82,7 @@ class Probe:
     found: Found | None = None
     latency: float | None = None
     timed_out: bool = False
+    verdict: Verdict | None = None
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -92,6 +95,7 @@ class RouteState(CheckState):
     last_success: float = 0.0
     server_delivery: float | None = None
     hops: tuple[Hop, ...] = ()
+    verdict: Verdict | None = None  # the receiver's verdict on the newest probe found
 
     def samples(self) -> Iterable[Sample]:
         yield from super().samples()
@@ -103,6 +107,30 @@ class RouteState(CheckState):
         for hop in self.hops:
             if hop.delay is not None:
                 yield Sample("mail_roundtrip_hop_delay_seconds", "", (*route, ("hop", hop.label)), hop.delay)
+        if self.verdict is not None:
+            yield from _verdict_samples(route, self.verdict)
+
+
+def _stateset(
+    name: str, labels: tuple[tuple[str, str], ...], key: str, values: Iterable[str], current: str
+) -> Iterable[Sample]:
+    for value in values:
+        yield Sample(name, "", (*labels, (key, value)), 1.0 if value == current else 0.0)
+
+
+def _verdict_samples(route: tuple[tuple[str, str], ...], v: Verdict) -> Iterable[Sample]:
+    """The gauges of the receiver's verdict on the newest probe found (see docs/metrics.md)."""
+    yield from _stateset("mail_roundtrip_spam_verdict", route, "verdict", SPAM_VERDICTS, v.spam)
+    if v.spam_score is not None:
+        yield Sample("mail_roundtrip_spam_score", "", route, v.spam_score)
+    if not v.auth_checked:
+        return
+    yield Sample("mail_roundtrip_auth_header_present", "", route, 1.0 if v.header_present else 0.0)
+    for method, result in v.auth:
+        yield from _stateset("mail_roundtrip_auth_result", (*route, ("method", method)), "result", AUTH_RESULTS, result)
+    yield Sample("mail_roundtrip_dkim_aligned", "", route, 1.0 if v.dkim_aligned else 0.0)
+    yield from _stateset("mail_roundtrip_dmarc_policy", route, "policy", DMARC_POLICIES, v.dmarc_policy)
+    yield from _stateset("mail_roundtrip_dmarc_disposition", route, "disposition", DMARC_POLICIES, v.dmarc_disposition)
 
 
 class Route:
@@ -136,6 +164,14 @@ class Route:
         for result in RESULTS:
             self.state.init_counter("mail_roundtrip_probes_total", route=cfg.name, result=result)
         self.state.init_histogram("mail_roundtrip_latency_seconds", LATENCY_BUCKETS, route=cfg.name)
+        for spam in SPAM_VERDICTS:
+            self.state.init_counter("mail_roundtrip_spam_verdicts_total", route=cfg.name, verdict=spam)
+        if cfg.receive.authserv_id is not None:
+            for method in AUTH_METHODS:
+                for result in ("pass", "fail", "none"):
+                    self.state.init_counter(
+                        "mail_roundtrip_auth_results_total", route=cfg.name, method=method, result=result
+                    )
         self.pending: OrderedDict[str, Probe] = OrderedDict()
         self.last: Probe | None = None
         self.notes: list[str] = []  # outcomes resolved since the last run, for the status page
@@ -251,11 +287,27 @@ class Route:
             delay = server_delivery_delay(chain, sent_at)
             if delay is not None and math.isfinite(delay) and probe.seq >= self._gauge_seq:
                 self.state.server_delivery = delay
+        if outcome in ("delivered", "late", "junk") and found is not None:
+            self._judge_verdict(probe, found)
         self._set_success(probe.seq, outcome == "delivered", found.seen_at if found is not None else None)
         if probe is not self.last or probe.timed_out:
             self.notes.append(note or self._describe(probe))
             del self.notes[:-10]
         probe.done.set()
+
+    def _judge_verdict(self, probe: Probe, found: Found) -> None:
+        """Count the receiver's verdict on a found probe; the gauges follow the newest one."""
+        v = judge(
+            found.fields,
+            authserv_id=self.cfg.receive.authserv_id,
+            from_domain=self.cfg.send.mail_from,  # an address or a domain: judge() takes the domain
+        )
+        probe.verdict = v
+        self.state.inc("mail_roundtrip_spam_verdicts_total", route=self.name, verdict=v.spam)
+        for method, result in v.auth:
+            self.state.inc("mail_roundtrip_auth_results_total", route=self.name, method=method, result=result)
+        if probe.seq >= self._gauge_seq:
+            self.state.verdict = v
 
     def _describe(self, probe: Probe) -> str:
         text = f"probe {probe.token[:16]}: {probe.outcome}"
@@ -383,6 +435,8 @@ class Route:
             sink.detail("latency", f"{probe.latency:.3f}s")
         if found is not None:
             sink.detail("folder", found.folder)
+        if probe.verdict is not None:
+            sink.detail("verdict", probe.verdict.describe())
         if probe.outcome == "delivered":
             return True
         if probe.outcome == "junk":

@@ -44,6 +44,7 @@ from exporter.logs.tally import Tally
 from exporter.probers import dnsrecords
 from exporter.queues.showq_parse import MAX_RECIPIENTS, ShowqMessage, ShowqParser, parse_all
 from exporter.roundtrip import authresults, received
+from exporter.roundtrip import verdict as rverdict
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 #: Directory that relative ``*_file`` secrets in config inputs resolve against.
@@ -203,6 +204,7 @@ def _check_authresults_fields(ar: authresults.AuthResults) -> None:
         for key, value in r.properties:
             assert _AR_KEY.match(key) and key != "reason", key
             assert _printable_within(value, authresults.MAX_VALUE_CHARS), value
+        assert r.comment == "" or _printable_within(r.comment, authresults.MAX_VALUE_CHARS), r.comment
         assert r in ar.get(r.method.upper())
 
 
@@ -233,6 +235,17 @@ def check_authresults(data: bytes) -> None:
             else:
                 first = "fail" if found[0] == "hardfail" else found[0]
                 assert result == (first if first in authresults.RESULTS else "other"), (found, result)
+    # The whole verdict (exporter/roundtrip/verdict.py) stays inside its label sets, whatever the
+    # fields say, the spam filters' fields included.
+    fields = [("Authentication-Results", text)] + [(name, text) for name in (*rverdict.SPAM_HEADERS, "X-Rspamd-Score")]
+    for authserv_id in (*wanted, None):
+        v = rverdict.judge(fields, authserv_id=authserv_id, from_domain=text[:300])
+        assert [m for m, _ in v.auth][:3] == (list(rverdict.AUTH_METHODS) if authserv_id is not None else [])
+        assert all(r in authresults.RESULTS for _, r in v.auth), v
+        assert v.dmarc_policy in rverdict.DMARC_POLICIES and v.dmarc_disposition in rverdict.DMARC_POLICIES, v
+        assert v.spam in rverdict.SPAM_VERDICTS, v
+        assert v.spam_score is None or math.isfinite(v.spam_score), v
+        assert v.header_present == bool(authresults.results_for([text], authserv_id or "")) or authserv_id is None
 
 
 # --- Alertmanager webhook ---------------------------------------------------------------------

@@ -549,6 +549,7 @@ def delivery() -> Board:
         "s",
         [target(f"time() - {sel('mail_roundtrip_last_success_timestamp_seconds')}", "{{route}}")],
     )
+    verdict_row(b)
     b.row("Queues")
     b.timeseries(
         "Queued messages per source",
@@ -618,6 +619,105 @@ def delivery() -> Board:
     )
     logs_row(b)
     return b
+
+
+def _series_colour(regex: str, colour: str) -> Json:
+    """A field override: the series whose name matches ``regex`` in a fixed colour."""
+    return {
+        "matcher": {"id": "byRegexp", "options": regex},
+        "properties": [{"id": "color", "value": {"mode": "fixed", "fixedColor": colour}}],
+    }
+
+
+def verdict_row(b: Board) -> None:
+    """The receiving side's verdict on the round-trip probes found (docs/metrics.md): its
+    Authentication-Results (routes with receive.authserv_id) and its spam filter."""
+    auth = "mail_roundtrip_auth_result"
+    b.row("Receiver's verdict")
+    b.bars(
+        "Authentication results",
+        "Probes found per route, by the receiver's result per method (spf, dkim, dmarc, and arc when stated), "
+        "read from its own Authentication-Results header: only routes with receive.authserv_id. Anything but "
+        "pass needs a look: the SPF, DKIM and DMARC alerts fire when more than a quarter of an hour's probes "
+        "fail. All none at once: the receiver wrote no header (MailRoundTripNoAuthResults).",
+        "short",
+        [
+            target(
+                _rate_sum("route, method, result", "mail_roundtrip_auth_results_total"),
+                "{{route}} {{method}}={{result}}",
+            )
+        ],
+        w=12,
+    )
+    b.panels[-1]["fieldConfig"]["overrides"] = [
+        _series_colour(".*=pass$", "green"),
+        _series_colour(".*=(fail|permerror)$", "red"),
+        _series_colour(".*=(softfail|temperror)$", "orange"),
+    ]
+    b.bars(
+        "Spam verdicts",
+        "Probes found per route, by the receiver's spam filter verdict: ham, spam, or none (no spam filter "
+        "header: X-Spam-Flag, X-Spam-Status, X-Spam, X-Rspamd-Action, Microsoft 365 SCL). Spam here with the "
+        "probe in the inbox is a tagged message; in a junk folder it is also a junk outcome. "
+        "MailRoundTripMarkedSpam fires above 10% over an hour.",
+        "short",
+        [target(_rate_sum("route, verdict", "mail_roundtrip_spam_verdicts_total"), "{{route}} {{verdict}}")],
+        w=12,
+    )
+    b.panels[-1]["fieldConfig"]["overrides"] = [
+        _series_colour(".* ham$", "green"),
+        _series_colour(".* spam$", "red"),
+    ]
+    b.table(
+        "Newest authentication results",
+        "The receiver's result per route and method for the newest probe found (mail_roundtrip_auth_result). "
+        "DKIM none is an unsigned probe; SPF neutral or none and DMARC none are what the domain publishes "
+        "(no record, ?all), and the alerts do not count them.",
+        [target(_by("route, method, result", sel(auth)) + " == 1")],
+        {},
+        w=8,
+    )
+    b.table(
+        "Newest verdict per route",
+        "For the newest probe found per route: whether it carried the receiver's Authentication-Results "
+        "(missing: the receiver did not verify, or receive.authserv_id is wrong), its DKIM signature (aligned "
+        "with the From domain, passing but not aligned, or no passing signature), the From domain's DMARC "
+        "policy and the disposition the receiver applied, as it reported them (columns policy and disposition: "
+        "none, quarantine, reject, unknown), and the spam filter's verdict (column verdict: ham, spam, none).",
+        [
+            target(_by("route", sel("mail_roundtrip_auth_header_present"))),
+            target(
+                _by(
+                    "route",
+                    f"{sel('mail_roundtrip_dkim_aligned')} + on (job, instance, route) "
+                    + sel(auth, 'method="dkim",result="pass"'),
+                )
+            ),
+            target(_by("route, policy", sel("mail_roundtrip_dmarc_policy")) + " == 1"),
+            target(_by("route, disposition", sel("mail_roundtrip_dmarc_disposition")) + " == 1"),
+            target(_by("route, verdict", sel("mail_roundtrip_spam_verdict")) + " == 1"),
+        ],
+        {"A": "A-R header", "B": "DKIM"},
+        overrides=[
+            _column("A-R header", _mapped(("0", "missing", "red"), ("1", "present", "green")), _CELL_COLOURED),
+            _column(
+                "DKIM",
+                _mapped(("0", "no pass", None), ("1", "not aligned", "orange"), ("2", "aligned", "green")),
+                _CELL_COLOURED,
+            ),
+        ],
+        w=10,
+    )
+    b.timeseries(
+        "Spam score",
+        "The spam filter's score of the newest probe found, per route, when the receiver gives one "
+        "(X-Spam-Status score=, X-Rspamd-Score, or the Microsoft 365 SCL). Scales differ per filter: "
+        "SpamAssassin marks spam from 5 by default, rspamd adds a header from 6, SCL 5 and above is spam. "
+        "A score creeping up is a warning before the verdict flips.",
+        "none",
+        [target(_by("route", sel("mail_roundtrip_spam_score")), "{{route}}")],
+        w=6,
+    )
 
 
 def _or_zero(expr: str, fallback: str) -> str:

@@ -154,6 +154,37 @@ class Settings:
     junk_ratio: float = 0.1
     junk_window: str = "1h"
 
+    # --- the receiver's verdict on the probes (routes with receive.authserv_id) ---------
+    #: The results that count as failing, per method: a matcher on the ``result`` label of
+    #: mail_roundtrip_auth_results_total.  SPF: fail, softfail and the errors; neutral
+    #: (``?all``) and none (no SPF record) are what the domain publishes, not a failure.
+    #: DKIM: anything but pass; none is a probe that arrived unsigned (the signing path is
+    #: broken), neutral a signature that could not be read.  DMARC: fail and the errors;
+    #: none is no DMARC record (or a receiver that does not evaluate DMARC), a choice of the
+    #: domain and not a failure.
+    auth_failing_results: Mapping[str, str] = field(
+        default_factory=lambda: MappingProxyType(
+            {
+                "spf": 'result=~"fail|softfail|temperror|permerror"',
+                "dkim": 'result!="pass"',
+                "dmarc": 'result=~"fail|temperror|permerror"',
+            }
+        )
+    )
+    #: A method is failing when more than this share of the probes found over
+    #: ``auth_window`` had a failing result (a quarter of the mail failing is a problem; a
+    #: route that fails every other probe fires too, where "the newest probe failed" would
+    #: keep resetting the ``for``) ...
+    auth_failure_ratio: float = 0.25
+    auth_window: str = "1h"
+    #: ... and at least this many of them (here and for the spam ratio): one or two failing
+    #: probes of a route that probes every 15 minutes are not a trend.
+    verdict_min_probes: int = 3
+    #: The receiver's spam filter said spam for more than this share of the probes found
+    #: over ``spam_window`` (at least ``verdict_min_probes`` of them).
+    spam_ratio: float = 0.1
+    spam_window: str = "1h"
+
     # --- continuity --------------------------------------------------------------------
     replication_lag_seconds: float = 300
     #: Incidents of services without an RTO target count as open too long after this;
@@ -253,6 +284,13 @@ class Settings:
                 "MailRoundTripFailing": "15m",
                 "MailRoundTripLatencyHigh": "15m",
                 "MailRoundTripProbesInJunk": "15m",
+                "MailRoundTripDmarcFailing": "10m",
+                "MailRoundTripDmarcFailingReject": "5m",
+                "MailRoundTripDkimFailing": "10m",
+                "MailRoundTripSpfFailing": "10m",
+                "MailRoundTripDkimNotAligned": "30m",
+                "MailRoundTripNoAuthResults": "15m",
+                "MailRoundTripMarkedSpam": "15m",
                 "MailRpoAboveTarget": "15m",
                 "MailBackupStale": "15m",
                 "MailBackupSourceDown": "30m",
@@ -345,6 +383,18 @@ def nomatch(label: str, regex: str) -> str:
 
 def runbook(alert: str) -> str:
     return f"{RUNBOOK_BASE}#{alert.lower()}"
+
+
+def results_text(matcher: str) -> str:
+    """A ``result`` matcher in words: ``result=~"fail|softfail"`` -> "fail or softfail"."""
+    m = re.fullmatch(r'result(=~|=|!=)"([a-z|]+)"', matcher)
+    if m is None:
+        return matcher
+    op, values = m.groups()
+    if op == "!=":
+        return f"anything but {values}"
+    *head, last = values.split("|")
+    return f"{', '.join(head)} or {last}" if head else last
 
 
 # ======================================================================================
@@ -1062,6 +1112,124 @@ class Builder:
             "Probe messages land in the junk folder: the spam filter misclassifies mail.",
             "{{ $value | humanizePercentage }} of the probes of route {{ $labels.route }} landed in a junk folder "
             f"over the last {words(jw)}.",
+        )
+
+        # The receiver's verdict on the probes found (routes with receive.authserv_id; docs/metrics.md).
+        # Failing methods are shares of the probes found over a window (one failing probe never
+        # fires, a route that fails half the time does), with a minimum count for sparse routes.
+        # While the newest probe carries no Authentication-Results of the receiver every method
+        # reads "none": MailRoundTripNoAuthResults fires instead of the method alerts.
+        aw = s.auth_window
+        auth = "mail_roundtrip_auth_results_total"
+        no_header = f"unless on (job, instance, route)\n{sel('mail_roundtrip_auth_header_present')} == 0"
+        reject = f"{sel('mail_roundtrip_dmarc_policy', eq('policy', 'reject'))} == 1"
+
+        def auth_failing(method: str) -> str:
+            failing = sel(auth, eq("method", method), s.auth_failing_results[method])
+            return (
+                f"sum without (method, result) (rate({failing}[{aw}]))\n"
+                f"/\n"
+                f"(sum without (method, result) (rate({sel(auth, eq('method', method))}[{aw}])) > 0)\n"
+                f"> {number(s.auth_failure_ratio)}\n"
+                f"and on (job, instance, route)\n"
+                f"sum without (method, result) (increase({failing}[{aw}])) >= {s.verdict_min_probes}\n"
+                f"{no_header}"
+            )
+
+        def auth_share(method: str, verb: str) -> str:
+            return (
+                f"{{{{ $value | humanizePercentage }}}} of the probes of route {{{{ $labels.route }}}} found over "
+                f"the last {words(aw)} {verb} at the receiver ({results_text(s.auth_failing_results[method])}; "
+                f"at least {s.verdict_min_probes} probes), seen from {{{{ $labels.instance }}}}."
+            )
+
+        add(
+            "MailRoundTripDmarcFailing",
+            g,
+            "warning",
+            "delivery",
+            f"{auth_failing('dmarc')}\nunless on (job, instance, route)\n{reject}",
+            "Probe messages fail DMARC at the receiver: receivers may junk or distrust the domain's mail.",
+            auth_share("dmarc", "failed DMARC")
+            + " The From domain does not publish p=reject (MailRoundTripDmarcFailingReject covers that).",
+        )
+        add(
+            "MailRoundTripDmarcFailingReject",
+            g,
+            "critical",
+            "delivery",
+            f"{auth_failing('dmarc')}\nand on (job, instance, route)\n{reject}",
+            "Probe messages fail DMARC and the domain publishes p=reject: "
+            "receivers that enforce DMARC reject its mail.",
+            auth_share("dmarc", "failed DMARC")
+            + " The From domain publishes p=reject: receivers that enforce DMARC (Gmail, Microsoft 365, Yahoo ...) "
+            "reject this mail.",
+        )
+        add(
+            "MailRoundTripDkimFailing",
+            g,
+            "warning",
+            "delivery",
+            auth_failing("dkim"),
+            "Probe messages arrive without a valid DKIM signature: the outbound signing path is broken.",
+            auth_share("dkim", "did not pass DKIM"),
+        )
+        add(
+            "MailRoundTripSpfFailing",
+            g,
+            "warning",
+            "delivery",
+            auth_failing("spf"),
+            "Probe messages fail SPF at the receiver: the sending host is not allowed by the domain's SPF record.",
+            auth_share("spf", "failed SPF"),
+        )
+        add(
+            "MailRoundTripDkimNotAligned",
+            g,
+            "warning",
+            "delivery",
+            (
+                f"{sel('mail_roundtrip_dkim_aligned')} == 0\n"
+                f"and on (job, instance, route)\n"
+                f"{sel('mail_roundtrip_auth_result', eq('method', 'dkim'), eq('result', 'pass'))} == 1"
+            ),
+            "Probe messages pass DKIM with a signature of another domain than the From domain: DMARC ignores it.",
+            f"The probes of route {{{{ $labels.route }}}} found over the last {held('MailRoundTripDkimNotAligned')} "
+            "pass DKIM at the receiver, but no passing signature's domain (d=) is aligned with the From domain, seen "
+            "from {{ $labels.instance }}. DMARC then rests on SPF alone, which forwarding breaks.",
+        )
+        add(
+            "MailRoundTripNoAuthResults",
+            g,
+            "warning",
+            "delivery",
+            f"{sel('mail_roundtrip_auth_header_present')} == 0",
+            "The receiver states no authentication results for probe messages: it stopped checking them, or "
+            "receive.authserv_id is wrong.",
+            f"The probes of route {{{{ $labels.route }}}} found over the last {held('MailRoundTripNoAuthResults')} "
+            "carry no Authentication-Results header with the receiver's authserv-id, seen from {{ $labels.instance }}: "
+            "the receiver did not check SPF, DKIM and DMARC, or the route's receive.authserv_id is not the one it "
+            "writes.",
+        )
+        sw = s.spam_window
+        spam = "mail_roundtrip_spam_verdicts_total"
+        add(
+            "MailRoundTripMarkedSpam",
+            g,
+            "warning",
+            "delivery",
+            (
+                f"sum without (verdict) (rate({sel(spam, eq('verdict', 'spam'))}[{sw}]))\n"
+                f"/\n"
+                f"(sum without (verdict) (rate({sel(spam)}[{sw}])) > 0)\n"
+                f"> {number(s.spam_ratio)}\n"
+                f"and on (job, instance, route)\n"
+                f"sum without (verdict) (increase({sel(spam, eq('verdict', 'spam'))}[{sw}])) >= {s.verdict_min_probes}"
+            ),
+            "The receiver's spam filter marks probe messages as spam.",
+            "{{ $value | humanizePercentage }} of the probes of route {{ $labels.route }} found over the last "
+            f"{words(sw)} were marked as spam by the receiver's spam filter (at least {s.verdict_min_probes}), "
+            "seen from {{ $labels.instance }}.",
         )
 
         # --- continuity ----------------------------------------------------------------------

@@ -2,7 +2,7 @@
 # teststack.sh - a real mail stack on loopback for the test suite.
 #
 # Usage: scripts/teststack.sh install|up|down|status|restart-postfix|stop SERVICE|start SERVICE
-#        SERVICE is one of: postfix dovecot lmtp unbound prometheus alertmanager postgresql
+#        SERVICE is one of: postfix dovecot lmtp unbound prometheus alertmanager postgresql verifiers
 #
 #   install          apt-get install the needed Debian packages (skipped when all
 #                    binaries exist; postfix is preseeded to "No configuration",
@@ -20,17 +20,21 @@
 #                    stack made by a version of this script without OAuth2
 #                    gets it added (add_oauth2: Dovecot reloaded, Postfix's
 #                    smtpd processes replaced, nothing else restarted; "up:
-#                    repaired").
+#                    repaired").  A running stack made by a version without
+#                    the verifiers (stack.json has no "verifiers") is stopped
+#                    and made afresh, as by "down" then "up" ("up: created").
 #   down             stop everything this script started (pid files of our own
 #                    instances only; never the system-wide services) and remove
 #                    stack.json.  Logs and data stay until the next "up".
 #   status           one line per service; exit 0 iff all are up and stack.json
-#                    is there and current ("stack.json outdated": no "oauth2").
+#                    is there and current ("stack.json outdated": no "oauth2"
+#                    or no "verifiers").
 #   restart-postfix  postfix stop + start of our instance.
 #   stop/start SVC   outage injection for tests.
 #
 # Needs root (creates the mail user, starts Postfix/Dovecot, runs PostgreSQL as
-# the system user "postgres").  Everything binds to 127.0.0.1 only; nothing is
+# the system user "postgres").  Everything binds to 127.0.0.1 only (plus
+# Unbound on port 53 of one more loopback address, see Ports); nothing is
 # sent off the box (the Postfix relayhost is a dead port on loopback, Unbound
 # refuses everything outside its local zones).
 # up/down/start/stop/restart-postfix are serialised with flock on
@@ -70,6 +74,15 @@
 #   2999 dead relay: nothing listens; mail for non-local domains is relayed
 #        there and stays deferred ("Connection refused").
 #   127.0.0.2:2525 dead MX (mx2.example.test), nothing listens.
+#   2588 Postfix submission_signed: like 2587, plus DKIM signing (OpenDKIM);
+#        every message accepted here is relayed to 2529, whatever its recipients
+#   2529 Postfix inbound_verified: port-25 role (no AUTH), SPF/DKIM/DMARC
+#        verification, greets as mx-in.example.test (see Verifiers)
+#   2891 OpenDKIM signing milter, 2892 OpenDKIM verifying milter, 2893 OpenDMARC
+#   127.53.A.B:53 Unbound again (UDP+TCP), for OpenDMARC's libc resolver: A.B
+#        is derived from the offset (A = offset / 250, B = offset % 250 + 1;
+#        127.53.0.1 at offset 0, 127.53.4.1 at 1000), so every stack has its
+#        own; port 53 is not shifted.
 #
 # Mail routing: example.test and archive.example.test are virtual mailbox
 # domains (known users only, others get 550 at RCPT) delivered with
@@ -128,7 +141,8 @@
 #
 # Unbound: local data (zones example.test, good.test, badspf.test,
 # baddmarc.test, notlsrpt.test, nomx.test, dnsbl.test, sts.test under a static
-# "test." zone, see gen_unbound) plus two DNSSEC-signed zones (gen_dnssec);
+# "test." zone, see gen_unbound; the verifiers' signed.test, wrongkey.test and
+# spffail.test, see Verifiers) plus two DNSSEC-signed zones (gen_dnssec);
 # other .test names are NXDOMAIN and everything outside .test is REFUSED
 # ("local-zone: . refuse"), so it never recurses.  Local data is unsigned:
 # answers never carry AD.
@@ -152,6 +166,48 @@
 #       is SERVFAIL (NOERROR with the record when CD is set); MX and A
 #       validate (AD).
 #   Files: $MCE_STACK_DIR/unbound/dnssec/{ZONE.zone,ZONE.signed,ZONE.anchor,keys/}.
+#
+# Verifiers (receiver-side mail authentication, gen_verifiers; files in
+# $MCE_STACK_DIR/verifiers): Debian's OpenDKIM, OpenDMARC and policyd-spf, all
+# with the authserv-id mx-in.example.test.  A message submitted on 2588 (AUTH
+# as any stack user; any sender address, no sender/login check) is signed by
+# an OpenDKIM instance in Mode s (KeyTable/SigningTable (refile) by the From:
+# domain, selector "mce", relaxed/relaxed rsa-sha256, InternalHosts
+# 127.0.0.1), then relayed by Postfix's smtp client (content_filter) to 2529.
+# There policyd-spf (master.cf "spawn" service, check_policy_service in
+# smtpd_recipient_restrictions; never rejects, Header_Type AR, skip_addresses
+# without loopback so 127.0.0.1 is checked; run by verifiers/policyd-spf.py,
+# which points its resolver at 127.0.0.1:2053 and appends its syslog lines to
+# verifiers/policyd-spf.log) prepends the SPF result, and the milters OpenDKIM
+# (Mode v; InternalHosts 192.0.2.255 only, so loopback is verified; keys
+# looked up with libunbound forwarding to 127.0.0.1:2053, with "test." not
+# answered by libunbound itself) and then OpenDMARC (RejectFailures false, so
+# failing mail is delivered with its verdict; IgnoreHosts 192.0.2.255 only;
+# SPF and DKIM results taken from the Authentication-Results of
+# mx-in.example.test; no SPFSelfValidate: its libspf2 passes every loopback
+# client) add theirs; then it is delivered like any local mail.
+# Authentication-Results fields that arrive with the message are left alone
+# (no RFC 8601 section 5 stripping: Postfix's header_checks would also remove
+# the field policyd-spf prepends).
+#   Test domains (keys: RSA 2048, made at each "up"; DNS data in
+#   verifiers/unbound-local.conf, included by unbound.conf):
+#     signed.test    SPF "v=spf1 ip4:127.0.0.0/8 -all", mce._domainkey = the
+#                    signing key, _dmarc "v=DMARC1; p=reject":
+#                    spf=pass, dkim=pass, dmarc=pass
+#     wrongkey.test  SPF "v=spf1 ?all", mce._domainkey = another key than the
+#                    one it is signed with, _dmarc "v=DMARC1; p=reject":
+#                    spf=neutral, dkim=fail, dmarc=fail
+#     spffail.test   SPF "v=spf1 ip4:192.0.2.0/24 -all", the signing key
+#                    published, _dmarc "v=DMARC1; p=quarantine":
+#                    spf=fail, dkim=pass, dmarc=pass (DKIM-aligned)
+#   The milters run in the foreground under our pid files (verifiers/*.pid;
+#   no syslog on the box: their stderr, with configuration and startup errors,
+#   goes to verifiers/*.log; the verdicts are in the delivered messages).
+#   OpenDMARC can only use the libc resolver, so it runs in a private mount
+#   namespace (unshare) in which verifiers/resolv.conf ("nameserver
+#   127.53.A.B") is bind-mounted over /etc/resolv.conf; the real file is never
+#   touched.  "stop verifiers" stops the three milters: mail on 2588 and 2529
+#   is then refused with 451 (milter_default_action tempfail).
 #
 # Prometheus: scrape/evaluation interval 5s, rule_files
 # $MCE_STACK_DIR/prometheus/rules/*.yml, scrape job "mail" from file_sd
@@ -189,7 +245,8 @@
 #   version, stack_dir, host ("127.0.0.1"), hostname ("mx1.example.test"),
 #   local_domains, users {address: password}, ports {smtp, smtp_expired,
 #   smtp_selfsigned, smtp_wronghost, submission, smtps, imap, imaps, lmtp,
-#   dovecot_auth, dns, prometheus, alertmanager, dead_relay, postgresql},
+#   dovecot_auth, dns, prometheus, alertmanager, dead_relay, postgresql,
+#   submission_signed, inbound_verified},
 #   dead_relay {host, port}, dead_mx {hostname, host, port},
 #   certs {ca|valid|expired|selfsigned|wronghost|mtasts|idp: {cert, key, chain,
 #          not_before, not_after, subject_cn, sans}}  (timestamps: Unix seconds;
@@ -215,6 +272,17 @@
 #           key_dict (Dovecot's local_validation_key_dict), key_file (the
 #           public key where Dovecot finds it), dovecot_config (oauth2.conf.ext),
 #           cert ("idp": the key of certs for the token service)},
+#   verifiers {authserv_id ("mx-in.example.test"), submission_signed {host, port},
+#              inbound {host, port, hostname ("mx-in.example.test")},
+#              selector ("mce"), domains {signed, wrongkey, spffail: the domain},
+#              expected {DOMAIN: {spf, dkim, dmarc}: the verdicts of a message
+#              From: and MAIL FROM: someone@DOMAIN sent via submission_signed},
+#              keys {DOMAIN: the key it is signed with}, published_keys {DOMAIN:
+#              the key in its DNS}, milters {opendkim_sign, opendkim_verify,
+#              opendmarc: {host, port}}, resolver {host (127.53.A.B), port (53)},
+#              dir, config {opendkim_sign, opendkim_verify, opendmarc,
+#              policyd_spf, unbound_data}, logs {opendkim_sign, opendkim_verify,
+#              opendmarc, policyd_spf}},
 #   script (absolute path of this script).
 
 set -euo pipefail
@@ -257,6 +325,15 @@ PORT_PROMETHEUS=$((29090 + PORT_OFFSET))
 PORT_ALERTMANAGER=$((29093 + PORT_OFFSET))
 PORT_DEAD_RELAY=$((2999 + PORT_OFFSET))
 PORT_POSTGRESQL=$((2432 + PORT_OFFSET))
+# Mail authentication verifiers (gen_verifiers)
+PORT_SUBMISSION_SIGNED=$((2588 + PORT_OFFSET))
+PORT_INBOUND_VERIFIED=$((2529 + PORT_OFFSET))
+PORT_MILTER_SIGN=$((2891 + PORT_OFFSET))
+PORT_MILTER_VERIFY=$((2892 + PORT_OFFSET))
+PORT_MILTER_DMARC=$((2893 + PORT_OFFSET))
+# Unbound also answers on port 53 of this loopback address (unique per offset:
+# 127.53.0.1 at offset 0), for the verifiers that use the libc resolver.
+VF_DNS_ADDR=127.53.$((PORT_OFFSET / 250)).$((PORT_OFFSET % 250 + 1))
 
 VMAIL_USER=mcevmail
 USERS=(probe@example.test ops@example.test archive@archive.example.test replica@example.test oauth@example.test)
@@ -266,14 +343,15 @@ OAUTH_USER=oauth@example.test
 OAUTH_ALG=RS256
 OAUTH_ISSUER=https://idp.example.test
 OAUTH_USERNAME_ATTRIBUTE=email
-SERVICES=(postfix dovecot lmtp unbound prometheus alertmanager postgresql)
+SERVICES=(postfix dovecot lmtp unbound prometheus alertmanager postgresql verifiers)
 PACKAGES=(postfix dovecot-imapd dovecot-lmtpd dovecot-sieve unbound prometheus prometheus-alertmanager openssl
+    opendkim opendkim-tools opendmarc postfix-policyd-spf-python  # the verifiers (gen_verifiers)
     postgresql  # the HA incident store; binaries in /usr/lib/postgresql/<major>/bin (PG_BINARIES)
     prometheus-blackbox-exporter prometheus-postfix-exporter iproute2  # these three: benchmarks only
     systemd-journal-remote  # writes the real journal files of tests/test_logs_journal.py
     ldnsutils)  # ldns-keygen/ldns-signzone: the DNSSEC-signed zones (gen_dnssec)
 BINARIES=(postfix postconf postqueue postsuper dovecot doveadm doveconf sievec unbound unbound-checkconf prometheus prometheus-alertmanager openssl python3
-    ldns-keygen ldns-signzone)
+    ldns-keygen ldns-signzone opendkim opendmarc policyd-spf unshare)
 # Not on PATH: looked for in /usr/lib/postgresql/<major>/bin (pg_newest_bin_dir);
 # tests/stack.py's POSTGRESQL_BINARIES mirrors this list.
 PG_BINARIES=(initdb pg_ctl postgres pg_isready psql)
@@ -342,6 +420,31 @@ PG_OS_USER=postgres
 PG_CLUSTER_NAME="mce-teststack-$PORT_POSTGRESQL"
 PG_ROLE=mce
 PG_DATABASE=mce
+# Mail authentication verifiers (gen_verifiers): OpenDKIM (a signing and a
+# verifying instance), OpenDMARC and policyd-spf, all with this authserv-id.
+VF_DIR="$STACK_DIR/verifiers"
+VF_KEYS="$VF_DIR/keys"
+VF_AUTHSERV_ID=mx-in.example.test
+VF_SELECTOR=mce
+VF_DOMAIN_SIGNED=signed.test
+VF_DOMAIN_WRONGKEY=wrongkey.test
+VF_DOMAIN_SPFFAIL=spffail.test
+VF_UNBOUND_DATA="$VF_DIR/unbound-local.conf"
+VF_LIBUNBOUND_CONF="$VF_DIR/libunbound.conf"
+VF_RESOLV_CONF="$VF_DIR/resolv.conf"
+VF_NO_HOSTS="$VF_DIR/no-hosts"
+VF_SIGN_CONF="$VF_DIR/opendkim-sign.conf"
+VF_SIGN_PID="$VF_DIR/opendkim-sign.pid"
+VF_SIGN_LOG="$VF_DIR/opendkim-sign.log"
+VF_VERIFY_CONF="$VF_DIR/opendkim-verify.conf"
+VF_VERIFY_PID="$VF_DIR/opendkim-verify.pid"
+VF_VERIFY_LOG="$VF_DIR/opendkim-verify.log"
+VF_DMARC_CONF="$VF_DIR/opendmarc.conf"
+VF_DMARC_PID="$VF_DIR/opendmarc.pid"
+VF_DMARC_LOG="$VF_DIR/opendmarc.log"
+VF_SPF_CONF="$VF_DIR/policyd-spf.conf"
+VF_SPF_WRAPPER="$VF_DIR/policyd-spf.py"
+VF_SPF_LOG="$VF_DIR/policyd-spf.log"
 
 # ----------------------------------------------------------------------------
 # helpers
@@ -646,6 +749,9 @@ postfix_ports_up() {
     for p in $PORT_SMTP $PORT_SMTP_EXPIRED $PORT_SMTP_SELFSIGNED $PORT_SMTP_WRONGHOST $PORT_SUBMISSION $PORT_SMTPS; do
         tcp_listening "$p" || return 1
     done
+    if verifiers_generated; then
+        tcp_listening "$PORT_SUBMISSION_SIGNED" && tcp_listening "$PORT_INBOUND_VERIFIED" || return 1
+    fi
 }
 postfix_up() { postfix_running && postfix_ports_up; }
 
@@ -672,7 +778,11 @@ dovecot_up() { dovecot_running && dovecot_ports_up; }
 lmtp_enabled() { [[ -f $DC_PROTOCOLS ]] && grep -qw lmtp "$DC_PROTOCOLS"; }
 lmtp_up() { dovecot_running && tcp_listening "$PORT_LMTP"; }
 
-unbound_up() { our_pid "$UB_PID" >/dev/null && probe dns "$HOST" "$PORT_DNS"; }
+unbound_up() {
+    our_pid "$UB_PID" >/dev/null && probe dns "$HOST" "$PORT_DNS" || return 1
+    # with the verifiers: also on port 53 of VF_DNS_ADDR (OpenDMARC's resolver)
+    [[ ! -f $VF_UNBOUND_DATA ]] || probe dns "$VF_DNS_ADDR" 53
+}
 prometheus_up() { our_pid "$PROM_PID" >/dev/null && probe http "http://$HOST:$PORT_PROMETHEUS/-/ready"; }
 alertmanager_up() { our_pid "$AM_PID" >/dev/null && probe http "http://$HOST:$PORT_ALERTMANAGER/-/ready"; }
 
@@ -721,11 +831,24 @@ postgresql_leftovers() {
 }
 postgresql_gone() { ! postgresql_leftovers; }
 
+# The verifiers' milters: our three daemons (pid files) and their ports.
+# (policyd-spf has no daemon: Postfix spawns it per connection.)
+verifiers_running() {
+    our_pid "$VF_SIGN_PID" >/dev/null || our_pid "$VF_VERIFY_PID" >/dev/null || our_pid "$VF_DMARC_PID" >/dev/null
+}
+verifiers_up() {
+    local f
+    for f in "$VF_SIGN_PID" "$VF_VERIFY_PID" "$VF_DMARC_PID"; do
+        our_pid "$f" >/dev/null || return 1
+    done
+    tcp_listening "$PORT_MILTER_SIGN" && tcp_listening "$PORT_MILTER_VERIFY" && tcp_listening "$PORT_MILTER_DMARC"
+}
+
 service_up() { "${1}_up"; }
 
 any_running() {
     postfix_running || dovecot_running || our_pid "$UB_PID" >/dev/null ||
-        our_pid "$PROM_PID" >/dev/null || our_pid "$AM_PID" >/dev/null || postgresql_running
+        our_pid "$PROM_PID" >/dev/null || our_pid "$AM_PID" >/dev/null || postgresql_running || verifiers_running
 }
 
 all_up() {
@@ -930,6 +1053,8 @@ add_oauth2() {
 
 # stack.json was written by a teststack.sh that knows OAuth2.
 stack_has_oauth2() { grep -q '^  "oauth2": {' "$STACK_JSON" 2>/dev/null; }
+# ... that knows the verifiers.
+stack_has_verifiers() { grep -q '^  "verifiers": {' "$STACK_JSON" 2>/dev/null; }
 
 gen_passwords() {
     local u
@@ -1030,6 +1155,18 @@ minimal_backoff_time = 1h
 maximal_backoff_time = 4h
 delay_warning_time = 0h
 EOF
+    if verifiers_generated; then
+        cat >>"$PF_ETC/main.cf" <<EOF
+
+# Mail authentication verifiers (gen_verifiers), used only by the master.cf
+# services submission_signed ($PORT_SUBMISSION_SIGNED) and inbound_verified ($PORT_INBOUND_VERIFIED).
+mce_signing_milters = inet:$HOST:$PORT_MILTER_SIGN
+mce_verifying_milters = inet:$HOST:$PORT_MILTER_VERIFY, inet:$HOST:$PORT_MILTER_DMARC
+mce_inbound_recipient_restrictions = check_recipient_access texthash:\$config_directory/recipient_access,
+    check_policy_service unix:private/policyd-spf
+policyd-spf_time_limit = 3600
+EOF
+    fi
 
     local bad name port
     {
@@ -1053,6 +1190,26 @@ EOF
         printf '  -o smtpd_tls_wrappermode=yes\n'
         printf '  -o smtpd_sasl_auth_enable=yes\n'
         printf '  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject\n'
+        if verifiers_generated; then
+            # submission, plus DKIM signing; every message accepted here is
+            # relayed to inbound_verified, whatever its recipients
+            printf '%s:%s inet n - n - - smtpd\n' "$HOST" "$PORT_SUBMISSION_SIGNED"
+            printf '  -o syslog_name=postfix-mce/submission_signed\n'
+            printf '  -o smtpd_tls_security_level=encrypt\n'
+            printf '  -o smtpd_sasl_auth_enable=yes\n'
+            printf '  -o smtpd_relay_restrictions=permit_sasl_authenticated,reject\n'
+            printf '  -o smtpd_milters=%s\n' "\$mce_signing_milters"
+            printf '  -o content_filter=smtp:[%s]:%s\n' "$HOST" "$PORT_INBOUND_VERIFIED"
+            # port-25 role with SPF, DKIM and DMARC verification; a hostname of
+            # its own, or Postfix's smtp client refuses it ("loops back to myself")
+            printf '%s:%s inet n - n - - smtpd\n' "$HOST" "$PORT_INBOUND_VERIFIED"
+            printf '  -o syslog_name=postfix-mce/inbound_verified\n'
+            printf '  -o myhostname=%s\n' "$VF_AUTHSERV_ID"
+            printf '  -o smtpd_milters=%s\n' "\$mce_verifying_milters"
+            printf '  -o smtpd_recipient_restrictions=%s\n' "\$mce_inbound_recipient_restrictions"
+            printf 'policyd-spf unix - n n - 0 spawn\n'
+            printf '  user=%s argv=/usr/bin/python3 %s %s\n' "$(<"$VF_DIR/policyd-spf.user")" "$VF_SPF_WRAPPER" "$VF_SPF_CONF"
+        fi
         cat <<'EOF'
 pickup     unix  n       -       n       60      1       pickup
 cleanup    unix  n       -       n       -       0       cleanup
@@ -1355,6 +1512,211 @@ path.write_text("\n".join(lines) + "\n")
 PY
 }
 
+# The mail authentication verifiers: what gen_verifiers makes decides
+# whether gen_postfix and gen_unbound add their parts (tests/test_teststack_offset.py
+# runs those generators alone: then nothing of this appears).
+verifiers_generated() { [[ -f $VF_SIGN_CONF ]]; }
+
+# dkim_txt_record NAME KEYFILE: an Unbound local-data line with the DKIM key
+# record of the public half of KEYFILE, split into strings of <= 255 chars.
+dkim_txt_record() {
+    local name=$1 p txt strings=""
+    p=$(openssl pkey -in "$2" -pubout -outform DER 2>/dev/null | base64 -w0) || die "openssl pkey -pubout failed for $2"
+    [[ -n $p ]] || die "no public key from $2"
+    txt="v=DKIM1; k=rsa; p=$p"
+    while [[ -n $txt ]]; do
+        strings+=" \"${txt:0:255}\""
+        txt=${txt:255}
+    done
+    printf "local-data: '%s. 300 IN TXT%s'\n" "$name" "$strings"
+}
+
+# Receiver-side mail authentication (see the header): OpenDKIM as signer and
+# as verifier, OpenDMARC, policyd-spf.  Runs before gen_postfix and
+# gen_unbound.  Writes into $VF_DIR:
+#   keys/DOMAIN.key      RSA 2048 signing keys (mode 0600), one per test domain;
+#                        keys/wrongkey.test-published.key is the key published
+#                        for wrongkey.test instead of the one it is signed with
+#   keytable, signingtable, sign-internal-hosts   the signer's data sets
+#   opendkim-sign.conf, opendkim-verify.conf, opendmarc.conf   the milters
+#   libunbound.conf      OpenDKIM's resolver: forwards everything to the
+#                        stack's Unbound (127.0.0.1@PORT_DNS)
+#   resolv.conf          "nameserver VF_DNS_ADDR", bind-mounted over
+#                        /etc/resolv.conf in OpenDMARC's private mount namespace
+#   no-hosts             192.0.2.255: InternalHosts/IgnoreHosts without loopback
+#   policyd-spf.conf, policyd-spf.py   policyd-spf's config and the wrapper
+#                        Postfix spawns (DNS: the stack's Unbound)
+#   unbound-local.conf   the test domains' DNS data, included by unbound.conf
+gen_verifiers() {
+    local d f spf_user
+    rm -rf --one-file-system "$VF_DIR"
+    mkdir -p "$VF_KEYS"
+    chmod 0755 "$VF_DIR"
+    chmod 0700 "$VF_KEYS"
+    for d in "$VF_DOMAIN_SIGNED" "$VF_DOMAIN_WRONGKEY" "$VF_DOMAIN_SPFFAIL" "$VF_DOMAIN_WRONGKEY-published"; do
+        (umask 077 && openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$VF_KEYS/$d.key" 2>/dev/null) ||
+            die "openssl genpkey failed for $VF_KEYS/$d.key"
+    done
+
+    {
+        printf '# Generated by teststack.sh - DNS data of the verifiers test domains\n'
+        printf '# (keys made at "up"; see gen_verifiers)\n'
+        # signed.test: SPF pass from loopback, the signing key published, DMARC p=reject
+        printf "local-data: '%s. 300 IN TXT \"v=spf1 ip4:127.0.0.0/8 -all\"'\n" "$VF_DOMAIN_SIGNED"
+        dkim_txt_record "$VF_SELECTOR._domainkey.$VF_DOMAIN_SIGNED" "$VF_KEYS/$VF_DOMAIN_SIGNED.key"
+        printf "local-data: '_dmarc.%s. 300 IN TXT \"v=DMARC1; p=reject\"'\n" "$VF_DOMAIN_SIGNED"
+        # wrongkey.test: SPF neutral, another key published than the one it is signed with
+        printf "local-data: '%s. 300 IN TXT \"v=spf1 ?all\"'\n" "$VF_DOMAIN_WRONGKEY"
+        dkim_txt_record "$VF_SELECTOR._domainkey.$VF_DOMAIN_WRONGKEY" "$VF_KEYS/$VF_DOMAIN_WRONGKEY-published.key"
+        printf "local-data: '_dmarc.%s. 300 IN TXT \"v=DMARC1; p=reject\"'\n" "$VF_DOMAIN_WRONGKEY"
+        # spffail.test: SPF fails for loopback, DKIM passes (aligned: DMARC passes)
+        printf "local-data: '%s. 300 IN TXT \"v=spf1 ip4:192.0.2.0/24 -all\"'\n" "$VF_DOMAIN_SPFFAIL"
+        dkim_txt_record "$VF_SELECTOR._domainkey.$VF_DOMAIN_SPFFAIL" "$VF_KEYS/$VF_DOMAIN_SPFFAIL.key"
+        printf "local-data: '_dmarc.%s. 300 IN TXT \"v=DMARC1; p=quarantine\"'\n" "$VF_DOMAIN_SPFFAIL"
+    } >"$VF_UNBOUND_DATA"
+
+    printf '192.0.2.255\n' >"$VF_NO_HOSTS"
+    printf '127.0.0.1\n' >"$VF_DIR/sign-internal-hosts"
+    : >"$VF_DIR/keytable"
+    : >"$VF_DIR/signingtable"
+    for d in "$VF_DOMAIN_SIGNED" "$VF_DOMAIN_WRONGKEY" "$VF_DOMAIN_SPFFAIL"; do
+        printf '%s %s:%s:%s\n' "$d" "$d" "$VF_SELECTOR" "$VF_KEYS/$d.key" >>"$VF_DIR/keytable"
+        printf '*@%s %s\n' "$d" "$d" >>"$VF_DIR/signingtable"
+    done
+
+    cat >"$VF_LIBUNBOUND_CONF" <<EOF
+# Generated by teststack.sh - OpenDKIM's resolver (libunbound): everything is
+# forwarded to the stack's Unbound, nothing is resolved from the root.
+server:
+    do-not-query-localhost: no
+    do-ip6: no
+    module-config: "iterator"
+    # Unbound answers "test." itself (NXDOMAIN, RFC 6761) unless told not to
+    local-zone: "test." nodefault
+forward-zone:
+    name: "."
+    forward-addr: $HOST@$PORT_DNS
+EOF
+    printf 'nameserver %s\noptions attempts:2 timeout:2\n' "$VF_DNS_ADDR" >"$VF_RESOLV_CONF"
+
+    cat >"$VF_SIGN_CONF" <<EOF
+# Generated by teststack.sh - OpenDKIM, signing instance: signs the mail of
+# submission_signed ($HOST:$PORT_SUBMISSION_SIGNED) with selector $VF_SELECTOR.
+# No syslog on a test box: runs in the foreground, errors to $VF_SIGN_LOG.
+Mode                    s
+Socket                  inet:$PORT_MILTER_SIGN@$HOST
+Syslog                  no
+KeyTable                $VF_DIR/keytable
+SigningTable            refile:$VF_DIR/signingtable
+InternalHosts           $VF_DIR/sign-internal-hosts
+# The keys are 0600 in a 0700 directory, but under /tmp, which OpenDKIM's
+# path check calls unsafe (world-writable).
+RequireSafeKeys         false
+Canonicalization        relaxed/relaxed
+SignatureAlgorithm      rsa-sha256
+OversignHeaders         From
+SoftwareHeader          no
+EOF
+    cat >"$VF_VERIFY_CONF" <<EOF
+# Generated by teststack.sh - OpenDKIM, verifying instance of inbound_verified
+# ($HOST:$PORT_INBOUND_VERIFIED).  InternalHosts does not include loopback, so
+# mail from $HOST is verified, not skipped.  Keys are looked up through the
+# stack's Unbound ($VF_LIBUNBOUND_CONF).
+Mode                    v
+Socket                  inet:$PORT_MILTER_VERIFY@$HOST
+Syslog                  no
+AuthservID              $VF_AUTHSERV_ID
+InternalHosts           $VF_NO_HOSTS
+ResolverConfiguration   $VF_LIBUNBOUND_CONF
+DNSTimeout              5
+AlwaysAddARHeader       yes
+SoftwareHeader          no
+EOF
+    cat >"$VF_DMARC_CONF" <<EOF
+# Generated by teststack.sh - OpenDMARC of inbound_verified
+# ($HOST:$PORT_INBOUND_VERIFIED).  Uses the SPF and DKIM results of the
+# Authentication-Results fields of $VF_AUTHSERV_ID (policyd-spf's, OpenDKIM's).
+# No SPFSelfValidate: OpenDMARC 1.4 takes only an spf=pass from those fields
+# and checks SPF itself for every other result, with libspf2, which passes
+# every client on loopback ("localhost is always allowed"), so spf=fail would
+# count as an aligned SPF pass.  Runs in a private mount namespace whose
+# /etc/resolv.conf is $VF_RESOLV_CONF (its _dmarc lookups).
+Socket                  inet:$PORT_MILTER_DMARC@$HOST
+Syslog                  false
+AuthservID              $VF_AUTHSERV_ID
+TrustedAuthservIDs      $VF_AUTHSERV_ID
+IgnoreHosts             $VF_NO_HOSTS
+IgnoreAuthenticatedClients false
+RejectFailures          false
+SPFSelfValidate         false
+FailureReports          false
+SoftwareHeader          false
+RequiredHeaders         false
+EOF
+
+    cat >"$VF_SPF_CONF" <<EOF
+# Generated by teststack.sh - policyd-spf of inbound_verified: never rejects,
+# prepends "Authentication-Results: $VF_AUTHSERV_ID; spf=...", checks
+# loopback clients too (skip_addresses has no 127.0.0.0/8).
+debugLevel = 1
+HELO_reject = False
+Mail_From_reject = False
+PermError_reject = False
+TempError_Defer = False
+skip_addresses = 192.0.2.255/32
+Header_Type = AR
+Authserv_Id = $VF_AUTHSERV_ID
+Hide_Receiver = Yes
+EOF
+    cat >"$VF_SPF_WRAPPER" <<EOF
+# Generated by teststack.sh - run by Postfix's spawn (master.cf "policyd-spf")
+# with Debian's /usr/bin/python3: Debian's policyd-spf, with the stack's
+# Unbound ($HOST:$PORT_DNS) as its only nameserver and its syslog lines
+# appended to $VF_SPF_LOG.
+import os, runpy, sys, syslog, time
+
+NAMESERVER, PORT, LOG = "$HOST", $PORT_DNS, "$VF_SPF_LOG"
+
+
+def _log(*args):
+    try:
+        with open(LOG, "a") as fh:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} policyd-spf[{os.getpid()}]: {args[-1]}\\n")
+    except OSError:
+        pass
+
+
+syslog.openlog = lambda *args, **kwargs: None
+syslog.syslog = _log
+import spf  # noqa: E402  (after the syslog patch)
+
+if spf.DNSLookup is spf.DNSLookup_pydns:
+    spf.DNS.defaults["server"] = [NAMESERVER]
+    spf.DNS.defaults["port"] = PORT
+else:  # dnspython
+    resolver = spf.dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [NAMESERVER]
+    resolver.port = PORT
+    spf.dns.resolver.default_resolver = resolver
+sys.argv[0] = "/usr/bin/policyd-spf"
+runpy.run_path("/usr/bin/policyd-spf", run_name="__main__")
+EOF
+    spf_user=policyd-spf
+    getent passwd "$spf_user" >/dev/null || spf_user=nobody
+    printf '%s\n' "$spf_user" >"$VF_DIR/policyd-spf.user"
+    : >"$VF_SPF_LOG"
+    chown "$spf_user" "$VF_SPF_LOG"
+    chmod 0644 "$VF_DIR"/*.conf "$VF_SPF_WRAPPER" "$VF_SPF_LOG" "$VF_NO_HOSTS" \
+        "$VF_DIR/keytable" "$VF_DIR/signingtable" "$VF_DIR/sign-internal-hosts"
+    for f in "$VF_SIGN_CONF" "$VF_VERIFY_CONF"; do
+        opendkim -n -x "$f" >"$VF_DIR/check.log" 2>&1 || { tail_log "$VF_DIR/check.log"; die "opendkim -n rejected $f"; }
+    done
+    opendmarc -n -c "$VF_DMARC_CONF" >"$VF_DIR/check.log" 2>&1 || {
+        tail_log "$VF_DIR/check.log"
+        die "opendmarc -n rejected $VF_DMARC_CONF"
+    }
+}
+
 gen_unbound() {
     local zones="$UB_DIR/zones.conf" d
     {
@@ -1421,12 +1783,20 @@ gen_unbound() {
         done
     fi
 
+    # The verifiers (gen_verifiers): their test domains' data, and port 53 of
+    # VF_DNS_ADDR for OpenDMARC, which can only use the libc resolver.
+    local vf_interface="" vf_include=""
+    if [[ -f $VF_UNBOUND_DATA ]]; then
+        vf_interface=$(printf '\n    interface: %s@53' "$VF_DNS_ADDR")
+        vf_include=$(printf '\n    include: "%s"' "$VF_UNBOUND_DATA")
+    fi
+
     cat >"$UB_CONF" <<EOF
 # Generated by teststack.sh - private Unbound instance, local data and
 # local signed zones only.
 server:
     verbosity: 1
-    interface: $HOST
+    interface: $HOST${vf_interface}
     port: $PORT_DNS
     do-ip4: yes
     do-ip6: no
@@ -1452,7 +1822,7 @@ server:
     # outgoing interface is loopback anyway.
     outgoing-interface: $HOST
     local-zone: "." refuse
-    include: "$zones"
+    include: "$zones"${vf_include}
 remote-control:
     control-enable: no${dnssec_zones}
 EOF
@@ -1592,7 +1962,19 @@ write_stack_json() {
             "$PORT_SUBMISSION" "$PORT_SMTPS" "$PORT_IMAP" "$PORT_IMAPS" "$PORT_LMTP"
         printf '"dovecot_auth": %d, "dns": %d, "prometheus": %d, "alertmanager": %d, "dead_relay": %d, ' \
             "$PORT_AUTH" "$PORT_DNS" "$PORT_PROMETHEUS" "$PORT_ALERTMANAGER" "$PORT_DEAD_RELAY"
-        printf '"postgresql": %d' "$PORT_POSTGRESQL")
+        printf '"postgresql": %d' "$PORT_POSTGRESQL"
+        if verifiers_generated; then
+            printf ', "submission_signed": %d, "inbound_verified": %d' "$PORT_SUBMISSION_SIGNED" "$PORT_INBOUND_VERIFIED"
+        fi)
+    local verifiers=""
+    if verifiers_generated; then
+        verifiers=$(printf '{"milter_sign": %d, "milter_verify": %d, "milter_dmarc": %d, ' \
+            "$PORT_MILTER_SIGN" "$PORT_MILTER_VERIFY" "$PORT_MILTER_DMARC"
+            printf '"dir": "%s", "authserv_id": "%s", "selector": "%s", "dns_addr": "%s", ' \
+                "$VF_DIR" "$VF_AUTHSERV_ID" "$VF_SELECTOR" "$VF_DNS_ADDR"
+            printf '"signed": "%s", "wrongkey": "%s", "spffail": "%s"}' \
+                "$VF_DOMAIN_SIGNED" "$VF_DOMAIN_WRONGKEY" "$VF_DOMAIN_SPFFAIL")
+    fi
     [[ -r $PG_PASSWORD ]] || die "no PostgreSQL password file $PG_PASSWORD"
     STACK_DIR="$STACK_DIR" SCRIPT_PATH="$SCRIPT_PATH" WEBHOOK_URL="$WEBHOOK_URL" \
         DC_USERS="$DC_USERS" CERT_DIR="$CERT_DIR" UB_DIR="$UB_DIR" PORTS="{$ports}" \
@@ -1602,6 +1984,7 @@ write_stack_json() {
         OAUTH_DIR="$OAUTH_DIR" OAUTH_KEY="$OAUTH_KEY" OAUTH_PUB="$OAUTH_PUB" OAUTH_KID_FILE="$OAUTH_KID_FILE" \
         OAUTH_KEYS="$OAUTH_KEYS" OAUTH_ALG="$OAUTH_ALG" OAUTH_ISSUER="$OAUTH_ISSUER" OAUTH_USER="$OAUTH_USER" \
         OAUTH_USERNAME_ATTRIBUTE="$OAUTH_USERNAME_ATTRIBUTE" DC_OAUTH2_CONF="$DC_OAUTH2_CONF" \
+        VERIFIERS="$verifiers" \
         python3 - "$tmp" <<'PY'
 import json, os, sys
 from urllib.parse import quote
@@ -1722,6 +2105,50 @@ if os.path.exists(os.environ["OAUTH_KID_FILE"]):
         "key_file": f"{keys}/default/{alg}/{kid}",
         "dovecot_config": os.environ["DC_OAUTH2_CONF"],
         "cert": "idp",
+    }
+# The mail authentication verifiers (gen_verifiers): only when they are configured
+if os.environ["VERIFIERS"]:
+    v = json.loads(os.environ["VERIFIERS"])
+    vdir, signed, wrongkey, spffail = v["dir"], v["signed"], v["wrongkey"], v["spffail"]
+    data["verifiers"] = {
+        "authserv_id": v["authserv_id"],
+        "submission_signed": {"host": host, "port": ports["submission_signed"]},
+        "inbound": {"host": host, "port": ports["inbound_verified"], "hostname": v["authserv_id"]},
+        "selector": v["selector"],
+        "domains": {"signed": signed, "wrongkey": wrongkey, "spffail": spffail},
+        # the verdicts of a message From: and MAIL FROM: someone@DOMAIN sent via submission_signed
+        "expected": {
+            signed: {"spf": "pass", "dkim": "pass", "dmarc": "pass"},
+            wrongkey: {"spf": "neutral", "dkim": "fail", "dmarc": "fail"},
+            spffail: {"spf": "fail", "dkim": "pass", "dmarc": "pass"},
+        },
+        # the keys the signer uses; wrongkey's DNS publishes wrongkey.test-published.key instead
+        "keys": {d: f"{vdir}/keys/{d}.key" for d in (signed, wrongkey, spffail)},
+        "published_keys": {
+            signed: f"{vdir}/keys/{signed}.key",
+            wrongkey: f"{vdir}/keys/{wrongkey}-published.key",
+            spffail: f"{vdir}/keys/{spffail}.key",
+        },
+        "milters": {
+            "opendkim_sign": {"host": host, "port": v["milter_sign"]},
+            "opendkim_verify": {"host": host, "port": v["milter_verify"]},
+            "opendmarc": {"host": host, "port": v["milter_dmarc"]},
+        },
+        "resolver": {"host": v["dns_addr"], "port": 53},
+        "dir": vdir,
+        "config": {
+            "opendkim_sign": f"{vdir}/opendkim-sign.conf",
+            "opendkim_verify": f"{vdir}/opendkim-verify.conf",
+            "opendmarc": f"{vdir}/opendmarc.conf",
+            "policyd_spf": f"{vdir}/policyd-spf.conf",
+            "unbound_data": f"{vdir}/unbound-local.conf",
+        },
+        "logs": {
+            "opendkim_sign": f"{vdir}/opendkim-sign.log",
+            "opendkim_verify": f"{vdir}/opendkim-verify.log",
+            "opendmarc": f"{vdir}/opendmarc.log",
+            "policyd_spf": f"{vdir}/policyd-spf.log",
+        },
     }
 with open(sys.argv[1], "w") as fh:
     json.dump(data, fh, indent=2, sort_keys=True)
@@ -1925,10 +2352,43 @@ stop_postgresql() {
     wait_until "postgresql to stop" "$PG_START_LOG $PG_LOG" tcp_closed "$PORT_POSTGRESQL"
 }
 
+# The milters run in the foreground (-f) under spawn_daemon (pid files in
+# $VF_DIR; stderr, where they report configuration and startup errors, to
+# their *.log there: no syslog).  OpenDMARC only has the libc resolver, so it
+# runs in a private mount namespace in which $VF_RESOLV_CONF (nameserver
+# VF_DNS_ADDR, where the stack's Unbound also answers on port 53) is
+# bind-mounted over /etc/resolv.conf; the real one is never touched.
+start_verifiers() {
+    verifiers_generated || die "no verifiers in $VF_DIR (a stack made before them: run $SCRIPT_PATH up)"
+    if ! our_pid "$VF_SIGN_PID" >/dev/null; then
+        log "starting opendkim (signing)"
+        spawn_daemon "$VF_SIGN_PID" "$VF_SIGN_LOG" opendkim -f -x "$VF_SIGN_CONF"
+    fi
+    if ! our_pid "$VF_VERIFY_PID" >/dev/null; then
+        log "starting opendkim (verifying)"
+        spawn_daemon "$VF_VERIFY_PID" "$VF_VERIFY_LOG" opendkim -f -x "$VF_VERIFY_CONF"
+    fi
+    if ! our_pid "$VF_DMARC_PID" >/dev/null; then
+        log "starting opendmarc"
+        # shellcheck disable=SC2016  # $1 and $@ expand in the inner shell
+        spawn_daemon "$VF_DMARC_PID" "$VF_DMARC_LOG" unshare --mount --propagation private \
+            sh -c 'mount --bind "$1" /etc/resolv.conf && shift && exec "$@"' sh "$VF_RESOLV_CONF" \
+            opendmarc -f -c "$VF_DMARC_CONF"
+    fi
+    wait_until "the verifiers' milters" "$VF_SIGN_LOG $VF_VERIFY_LOG $VF_DMARC_LOG" verifiers_up
+}
+
+stop_verifiers() {
+    kill_pidfile "$VF_DMARC_PID" opendmarc
+    kill_pidfile "$VF_VERIFY_PID" "opendkim (verifying)"
+    kill_pidfile "$VF_SIGN_PID" "opendkim (signing)"
+}
+
 start_all() {
     start_unbound
     start_dovecot
     start_lmtp
+    start_verifiers
     start_postfix
     start_postgresql
     start_alertmanager
@@ -1940,6 +2400,7 @@ stop_all() {
     stop_prometheus
     stop_alertmanager
     stop_postfix
+    stop_verifiers
     stop_dovecot
     stop_unbound
 }
@@ -1957,6 +2418,13 @@ stack_json_webhook_url() {
 cmd_up() {
     need_root
     require_binaries
+    if [[ -f $STACK_JSON && -f $STACK_DIR/$MARKER_NAME ]] && ! stack_has_verifiers && any_running; then
+        # A stack made by a teststack.sh without the verifiers: start afresh
+        # (the DNS data, Postfix's services and stack.json all change).
+        log "the stack has no mail authentication verifiers yet: recreating it (down, then a fresh up)"
+        stop_all
+        rm -f "$STACK_JSON"
+    fi
     if [[ -f $STACK_JSON ]] && all_up; then
         if stack_has_oauth2; then
             log "stack already up ($STACK_DIR)"
@@ -2013,6 +2481,7 @@ cmd_up() {
     gen_certs
     gen_oauth2
     gen_dnssec
+    gen_verifiers
     gen_postfix
     gen_dovecot
     gen_unbound
@@ -2050,8 +2519,8 @@ cmd_status() {
     if [[ ! -f $STACK_JSON ]]; then
         printf '%-13s %s\n' stack.json missing
         rc=1
-    elif ! stack_has_oauth2; then
-        # made by a teststack.sh without OAuth2; "up" adds it
+    elif ! stack_has_oauth2 || ! stack_has_verifiers; then
+        # made by a teststack.sh without OAuth2 or the verifiers; "up" adds them
         printf '%-13s %s\n' stack.json outdated
         rc=1
     fi

@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "teststack.sh"
 DEFAULT_STACK_DIR = "/tmp/mce-teststack"
 
-SERVICES = ("postfix", "dovecot", "lmtp", "unbound", "prometheus", "alertmanager", "postgresql")
+SERVICES = ("postfix", "dovecot", "lmtp", "unbound", "prometheus", "alertmanager", "postgresql", "verifiers")
 # Kept in sync with BINARIES in scripts/teststack.sh (minus python3).
 REQUIRED_BINARIES = (
     "postfix",
@@ -42,6 +42,10 @@ REQUIRED_BINARIES = (
     "openssl",
     "ldns-keygen",
     "ldns-signzone",
+    "opendkim",
+    "opendmarc",
+    "policyd-spf",
+    "unshare",
 )
 # Not on PATH: in /usr/lib/postgresql/<major>/bin (Debian's package postgresql).
 # Kept in sync with PG_BINARIES and pg_newest_bin_dir in scripts/teststack.sh.
@@ -252,6 +256,22 @@ class Stack:
     def oauth2_user(self) -> str:
         """The mailbox user meant for OAuth2 tests (tokens work for every user)."""
         return str(self.oauth2["user"])
+
+    @property
+    def verifiers(self) -> Mapping[str, Any]:
+        """stack.json "verifiers" (scripts/teststack.sh gen_verifiers): authserv_id
+        ("mx-in.example.test"), submission_signed {host, port} (DKIM-signs, then relays every
+        message to inbound), inbound {host, port, hostname} (policyd-spf, OpenDKIM and OpenDMARC
+        add Authentication-Results), selector ("mce"), domains {signed, wrongkey, spffail},
+        expected {domain: {spf, dkim, dmarc}}, keys / published_keys {domain: PEM path},
+        milters {opendkim_sign, opendkim_verify, opendmarc: {host, port}}, resolver {host, port}
+        (where Unbound also answers on port 53), dir, config, logs."""
+        try:
+            return _ro(self.raw["verifiers"])
+        except KeyError:
+            raise KeyError(
+                f'{self.stack_dir}/stack.json has no "verifiers" (made by an older teststack.sh): run: sudo {SCRIPT} up'
+            ) from None
 
     def cert(self, name: str) -> Mapping[str, Any]:
         """stack.json "certs" NAME: cert, key, chain, not_before, not_after, subject_cn, sans."""

@@ -42,6 +42,8 @@ BASE_PORTS = {
     "smtp_selfsigned": 2527,
     "smtp_wronghost": 2528,
     "submission": 2587,
+    "submission_signed": 2588,
+    "inbound_verified": 2529,
     "smtps": 2465,
     "imap": 2143,
     "imaps": 2993,

@@ -114,3 +114,85 @@ def test_every_family_has_help_and_known_type() -> None:
         assert spec.help.endswith(".")
         assert spec.type in {"gauge", "counter", "histogram", "gaugehistogram"}
         assert (spec.type == "counter") == name.endswith("_total")
+
+
+# --- blocks: a change costs one block per family it touches, both formats stay equal ------------------
+
+
+def _queue_sink(source: str, n: int) -> Sink:
+    s = Sink(CheckState())
+    s.gauge("mail_queue_messages", n, source=source, queue="deferred")
+    age = "mail_queue_message_age_seconds"
+    s.gauge_histogram(age, (60.0, float("inf")), (n // 2, n), 30.0 * n, source=source, queue="deferred")
+    return s
+
+
+def _bodies_agree(snap: Snapshot) -> None:
+    for om in (False, True):
+        plain = snap.render(om)
+        assert gzip.decompress(snap.render_gzip(om)) == plain
+    parse(snap.render().decode())  # valid text format
+
+
+def test_many_keys_across_blocks_updates_and_removals_keep_both_bodies_equal() -> None:
+    from exporter.core.snapshot import BLOCK_KEYS
+
+    snap = Snapshot()
+    n = BLOCK_KEYS * 3 + 5
+    for i in range(n):
+        snap.update(f"smtp/{i}", _sink(f"c{i}", f"h{i}:25", i % 2).samples())
+        if i % 7 == 0:
+            snap.update(f"queue/{i}", _queue_sink(f"q{i}", i).samples())
+    _bodies_agree(snap)
+    values = parse(snap.render().decode())
+    assert len(values["mail_smtp_up"]) == n
+    # change some, remove a whole block's worth and more, add new ones: nothing lost, nothing stale
+    for i in range(0, n, 3):
+        snap.update(f"smtp/{i}", _sink(f"c{i}", f"h{i}:25", 5).samples())
+    for i in range(BLOCK_KEYS + 10):
+        snap.remove(f"smtp/{i}")
+    for i in range(n, n + 20):
+        snap.update(f"smtp/{i}", _sink(f"c{i}", f"h{i}:25", 1).samples())
+    _bodies_agree(snap)
+    values = parse(snap.render().decode())
+    want = {
+        (("check", f"c{i}"), ("target", f"h{i}:25")): (5.0 if i % 3 == 0 and i < n else float(i % 2 if i < n else 1))
+        for i in range(BLOCK_KEYS + 10, n + 20)
+    }
+    assert values["mail_smtp_up"] == want
+    for i in range(n):
+        snap.remove(f"smtp/{i}")
+        snap.remove(f"queue/{i}")
+    for i in range(n, n + 20):
+        snap.remove(f"smtp/{i}")
+    assert snap.render() == b"" and snap.render_gzip() == b""
+    assert snap.render(True) == b"# EOF\n" and gzip.decompress(snap.render_gzip(True)) == b"# EOF\n"
+
+
+def test_a_change_recompresses_one_block_per_family_it_touches(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.core import snapshot as snapmod
+
+    snap = Snapshot()
+    for i in range(snapmod.BLOCK_KEYS * 8):  # 8 blocks in each of the check's families
+        snap.update(f"smtp/{i}", _sink(f"c{i}", f"h{i}:25", 1).samples())
+    snap.render_gzip()
+    snap.render_gzip(True)
+    compressed: list[int] = []
+    real = snapmod._gzip_member
+
+    def counting(data: bytes) -> bytes:
+        compressed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(snapmod, "_gzip_member", counting)
+    touched = _sink("c5", "h5:25", 0).samples()
+    families = {s.family for s in touched if s.family == "mail_smtp_up"}
+    snap.update("smtp/5", touched)  # only mail_smtp_up's line changes
+    zipped = snap.render_gzip()
+    assert gzip.decompress(zipped) == snap.render()
+    assert len(compressed) == len(families) == 1  # one block of one family, not the body
+    total = len(snap.render())
+    assert compressed[0] < total / 8  # a block is a small part of the body
+    compressed.clear()
+    assert gzip.decompress(snap.render_gzip(True)) == snap.render(True)
+    assert compressed == []  # the other format reuses the same block members

@@ -145,9 +145,10 @@ def test_every_runtime_import_is_a_declared_dependency() -> None:
         "msal",
         "google",
         "requests",
+        "uvloop",
     }  # yarl and multidict are aiohttp's own dependencies
     meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    names = {d.split(">")[0].split("=")[0].strip().lower() for d in meta["project"]["dependencies"]}
+    names = {d.split(";")[0].split(">")[0].split("=")[0].strip().lower() for d in meta["project"]["dependencies"]}
     assert {
         "aiohttp",
         "aioimaplib",
@@ -162,6 +163,7 @@ def test_every_runtime_import_is_a_declared_dependency() -> None:
         "msal",
         "google-auth",
         "requests",
+        "uvloop",
     } <= names
     found: set[str] = set()
     for path in (ROOT / "exporter").rglob("*.py"):

@@ -205,10 +205,14 @@ class LeafInfo:
         return self.subject == self.issuer
 
 
+@lru_cache(maxsize=1024)
 def inspect_leaf(der: bytes, hostname: str) -> LeafInfo:
     """Parse a DER leaf certificate and check it against ``hostname`` (pure; no I/O).
 
-    Raises ``ValueError`` when ``der`` is not a certificate.
+    Cached: a server presents the same certificate probe after probe, and parsing it costs
+    more than the rest of a probe's Python work; a new certificate is a new key, so a
+    renewal is seen at once.  Raises ``ValueError`` when ``der`` is not a certificate
+    (not cached).
     """
     cert = x509.load_der_x509_certificate(der)
     return LeafInfo(

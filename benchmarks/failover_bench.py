@@ -11,9 +11,11 @@ The stopped exporter is started again before the next round, so the lease altern
 
     python benchmarks/failover_bench.py                 # 5 rounds of each, default ttl
     python benchmarks/failover_bench.py --rounds 3 --lease-ttl 10s
+    python benchmarks/failover_bench.py --quick      # 1 round of each: does it still run?
 
 Loopback only; bounded (each wait gives up after 60 s).  Prints a markdown table and
-writes it to benchmarks/results/failover.md.
+writes it to failover.md in --results-dir (default benchmarks/results); ``--summary FILE``
+appends the headline figures (medians of the rounds) as JSON lines, for benchmarks/run_all.py.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from run_all import append_summary, summary_line  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "failover.md"
 STACK_JSON = Path(os.environ.get("MCE_STACK_DIR") or "/tmp/mce-teststack") / "stack.json"
 
@@ -111,10 +117,17 @@ def measure(pair: list[Exporter], sig: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=None, help="rounds of each (default 5; quick 1)")
     ap.add_argument("--lease-ttl", default="", help="continuity.store.lease_ttl (default: the exporter's, 6s)")
-    ap.add_argument("--no-write", action="store_true", help="print only; leave benchmarks/results alone")
+    ap.add_argument("--no-write", action="store_true", help="print only; write no failover.md")
+    ap.add_argument("--quick", action="store_true", help="1 round of each: a check that it runs")
+    ap.add_argument("--results-dir", type=Path, default=RESULTS.parent, help="where failover.md goes")
+    ap.add_argument("--summary", default=None, help="append the headline figures to this file as JSON lines")
     args = ap.parse_args()
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 5
+    if args.rounds < 1:
+        ap.error("--rounds: at least 1")
     if not STACK_JSON.exists():
         raise SystemExit(f"{STACK_JSON} not found: start the test stack (sudo scripts/teststack.sh up)")
     pg = json.loads(STACK_JSON.read_text())["postgresql"]
@@ -171,7 +184,23 @@ def main() -> None:
     )
     print(text)
     if not args.no_write:
-        RESULTS.write_text(text)
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        (args.results_dir / RESULTS.name).write_text(text)
+    append_summary(
+        args.summary,
+        [
+            summary_line(
+                "failover",
+                f"lease failover, holder stopped by {how} (lease_ttl {args.lease_ttl or '6s'})",
+                statistics.median(v),
+                unit="s",
+                better="lower",
+                rounds=len(v),
+                quick=args.quick,
+            )
+            for how, v in results.items()
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -8,13 +8,18 @@ reason the exporter recorded, how long the failing run took (against timeout + 1
 and the latency of /metrics throughout.
 
     python benchmarks/fault_matrix.py            # prints a table, writes benchmarks/results/fault_matrix.md
+    python benchmarks/fault_matrix.py --quick    # /metrics timed for 5 s instead of 15 s
+
+``--results-dir DIR`` (default benchmarks/results) is where fault_matrix.md goes;
+``--summary FILE`` appends the headline figures as JSON lines, for benchmarks/run_all.py.
 
 Loopback only; bounded (about 30 s).  Exit status 1 if any case ends with the wrong
-reason or takes longer than its timeout + 1 s.
+reason or takes longer than its timeout + 1 s (the latter not with --no-target-exit).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import http.client
 import os
@@ -30,12 +35,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from dnsserver import DnsServer  # noqa: E402
 from faults import ImapScript, SmtpScript, imap_server, send_then_close, slow_drip, smtp_server, tarpit  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+from run_all import append_summary, summary_line  # noqa: E402
 
 TIMEOUT = 3.0
+METRICS_TARGET_MS = 10.0  # the design's target for /metrics
 
 
 def free_port() -> int:
@@ -54,7 +62,7 @@ def get(port: int, path: str) -> tuple[float, str]:
     return elapsed, body
 
 
-async def main() -> int:
+async def main(args: argparse.Namespace) -> int:
     servers = {
         "tarpit": (tarpit(), "smtp", "none", "timeout"),
         "slow-drip": (slow_drip(), "smtp", "none", "timeout"),
@@ -142,7 +150,7 @@ async def main() -> int:
         # time /metrics from a separate process, so that this process's fault servers
         # cannot disturb the measurement
         poller = subprocess.Popen(
-            [sys.executable, __file__, "--poll", str(port), "15"], stdout=subprocess.PIPE, text=True
+            [sys.executable, __file__, "--poll", str(port), f"{args.poll_seconds:g}"], stdout=subprocess.PIPE, text=True
         )
         while time.monotonic() < deadline:
             await asyncio.sleep(0.5)
@@ -163,7 +171,7 @@ async def main() -> int:
     durations = _values(text, "mail_exporter_check_duration_seconds")
     success = _values(text, "mail_exporter_check_success")
     failures = _values(text, "mail_probe_failures_total")
-    bad = 0
+    bad = slow = good_cases = 0
     rows = ["| case | expected | observed | run took (s) | within timeout + 1 s |", "|---|---|---|---|---|"]
     for name, (kind, want) in expected.items():
         key = next((k for k in durations if dict(k)["name"] == name), None)
@@ -176,7 +184,9 @@ async def main() -> int:
             observed = "success" if ok_run else ",".join(reasons) or "?"
         in_time = took <= TIMEOUT + 1.0 + (2 * TIMEOUT if kind == "mx" else 0)
         good = observed == want and in_time
-        bad += not good
+        good_cases += good
+        bad += observed != want
+        slow += not in_time
         rows.append(f"| {name} | {want} | {observed} | {took:.2f} | {'yes' if in_time else 'NO'} |")
     lat = sorted(latencies)
     report = "\n".join(
@@ -194,10 +204,36 @@ async def main() -> int:
         ]
     )
     print(report)
-    out = ROOT / "benchmarks/results/fault_matrix.md"
+    out = args.results_dir / "fault_matrix.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
-    return 1 if bad else 0
+    figures = [
+        summary_line(
+            "fault_matrix",
+            f"cases failing with the right reason within timeout + 1 s (of {len(expected)})",
+            good_cases,
+            unit="cases",
+            better="higher",
+            rounds=1,
+            quick=args.quick,
+            target=len(expected),
+        )
+    ]
+    if lat:
+        figures.append(
+            summary_line(
+                "fault_matrix",
+                "GET /metrics p99 while the faults ran",
+                lat[int(0.99 * (len(lat) - 1))] * 1000,
+                unit="ms",
+                better="lower",
+                rounds=1,
+                quick=args.quick,
+                target=METRICS_TARGET_MS,
+            )
+        )
+    append_summary(args.summary, figures)
+    return 1 if bad or (slow and not args.no_target_exit) else 0
 
 
 def _values(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -221,4 +257,17 @@ if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--poll":
         poll(int(sys.argv[2]), float(sys.argv[3]))
         sys.exit(0)
-    sys.exit(asyncio.run(main()))
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="time /metrics for 5 s instead of 15 s")
+    ap.add_argument("--poll-seconds", type=float, default=None, help="how long /metrics is timed (default 15; quick 5)")
+    ap.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks/results", help="where fault_matrix.md goes")
+    ap.add_argument("--summary", default=None, help="append the headline figures to this file as JSON lines")
+    ap.add_argument(
+        "--no-target-exit",
+        action="store_true",
+        help="exit 0 when the reasons are right but a run took longer than timeout + 1 s (still reported)",
+    )
+    cli = ap.parse_args()
+    if cli.poll_seconds is None:
+        cli.poll_seconds = 5.0 if cli.quick else 15.0
+    sys.exit(asyncio.run(main(cli)))

@@ -18,9 +18,16 @@ phase-locked to the probes.
 
     python benchmarks/idle_vs_poll.py            # N=30; writes benchmarks/results/idle_vs_poll.md
     python benchmarks/idle_vs_poll.py -n 10
+    python benchmarks/idle_vs_poll.py --quick    # N=3: does it still run?
+
+``--results-dir DIR`` (default benchmarks/results) is where idle_vs_poll.md goes unless
+``--out`` says otherwise; ``--summary FILE`` appends the headline figures as JSON lines, for
+benchmarks/run_all.py.
 
 Loopback only; bounded: N probes per mode, each at most 10 s, the whole run at most 10 minutes.
-Exit status 1 if the default mode's median or p95 overhead is 100 ms or more.
+Exit status 1 if a probe of the default mode failed, or if the default mode's median or p95
+overhead is 100 ms or more (not with --quick, where three probes say nothing, nor with
+--no-target-exit).
 """
 
 from __future__ import annotations
@@ -46,7 +53,11 @@ from exporter.core.model import Sink  # noqa: E402
 from exporter.roundtrip.receiver import close_all  # noqa: E402
 from exporter.roundtrip.route import Route  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from run_all import append_summary, summary_line  # noqa: E402
+
 USER = "probe@example.test"
+TARGET_MS = 100.0  # the design's target: IDLE adds under 100 ms
 BUDGET = 600.0
 MODES: dict[str, tuple[bool, bool, str]] = {  # idle, idle_recheck, poll_interval
     "idle + recheck (the defaults)": (True, True, "5s"),
@@ -108,9 +119,23 @@ async def run_mode(
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("-n", type=int, default=30, help="probes per mode (default 30)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "idle_vs_poll.md"))
+    parser.add_argument("-n", type=int, default=None, help="probes per mode (default 30; quick 3)")
+    parser.add_argument("--quick", action="store_true", help="3 probes per mode: a check that it runs")
+    parser.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--out", default=None, help="the report (default: idle_vs_poll.md in --results-dir)")
+    parser.add_argument("--summary", default=None, help="append the headline figures to this file as JSON lines")
+    parser.add_argument(
+        "--no-target-exit",
+        action="store_true",
+        help="exit 0 even when the 100 ms target is missed (it is still reported); failed probes still exit 1",
+    )
     args = parser.parse_args()
+    if args.n is None:
+        args.n = 3 if args.quick else 30
+    if args.n < 1:
+        parser.error("-n: at least 1")
+    if args.out is None:
+        args.out = str(args.results_dir / "idle_vs_poll.md")
     stack = Stack.load()
     deadline = time.monotonic() + BUDGET
     rows = []
@@ -146,10 +171,35 @@ async def main() -> int:
         "overhead stays under 100 ms without depending on the server's notification delay.",
         "",
     ]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines))
     print("\n".join(lines))
-    ok = default["median"] < 100 and default["p95"] < 100 and not default["failures"]
-    return 0 if ok else 1
+    poll = rows[-1]
+    append_summary(
+        args.summary,
+        [
+            summary_line(
+                "idle",
+                f"IMAP detection overhead, {label}, {args.n} probes",
+                float(value),  # type: ignore[arg-type]
+                unit="ms",
+                better="lower",
+                rounds=1,
+                quick=args.quick,
+                target=target,
+            )
+            for label, value, target in (
+                ("IDLE + recheck (the defaults): median", default["median"], TARGET_MS),
+                ("IDLE + recheck (the defaults): p95", default["p95"], TARGET_MS),
+                ("poll 1s: median", poll["median"], None),
+            )
+        ],
+    )
+    if default["failures"]:
+        print(f"{default['failures']} probe(s) of the default mode failed", file=sys.stderr)
+        return 1
+    met = default["median"] < TARGET_MS and default["p95"] < TARGET_MS  # type: ignore[operator]
+    return 0 if met or args.quick or args.no_target_exit else 1
 
 
 if __name__ == "__main__":

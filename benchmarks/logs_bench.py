@@ -37,7 +37,10 @@ What it does:
    whether peak memory grows with the amount of log read; and with ``--small-batch N``
    (default 20,000; 0 for none) one more run of this exporter with ``max_lines_per_run: N``,
    since its peak memory follows the batch it holds, not the log.
-4. Prints a table, and writes it as Markdown to ``benchmarks/results/logs.md``.
+4. Prints a table, and writes it as Markdown to ``logs.md`` in ``--results-dir`` (default
+   ``benchmarks/results``); with ``--summary FILE``, appends the headline figures (medians of
+   the rounds: lines per CPU-second and peak RSS, each against the peer) as JSON lines, for
+   ``benchmarks/run_all.py``.
 
 A few counters of both exporters are compared at the end of each run (connections, SASL
 failures, rejects, qmgr removals, deliveries) to show that both read the same lines.
@@ -47,6 +50,7 @@ run has a deadline (``--run-timeout``), the whole benchmark one too (``--budget`
 
     python3 benchmarks/logs_bench.py                       # 1,000,000 lines, 3 rounds
     python3 benchmarks/logs_bench.py --lines 200000 --rounds 1 --no-flat --no-write
+    python3 benchmarks/logs_bench.py --quick               # 20,000 lines, 1 round, no extra runs
 """
 
 from __future__ import annotations
@@ -71,6 +75,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from run_all import append_summary, summary_line  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "logs.md"
 PEER = "prometheus-postfix-exporter"
 GENERATOR_VERSION = 1
@@ -744,17 +752,34 @@ def report(args: argparse.Namespace, kinds: dict[str, int], rounds: list[dict[st
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--lines", type=int, default=1_000_000)
+    p.add_argument("--lines", type=int, default=None, help="lines of the log (default 1,000,000; quick 20,000)")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=None, help="rounds (default 3; quick 1)")
     p.add_argument("--batch", type=int, default=500_000, help="max_lines_per_run of this exporter's source")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "mce-logs-bench")
     p.add_argument("--run-timeout", type=float, default=900.0, help="seconds one run may take")
     p.add_argument("--budget", type=float, default=3600.0, help="seconds the whole benchmark may take")
-    p.add_argument("--flat", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--small-batch", type=int, default=20_000, help="one more run of this exporter at this batch")
-    p.add_argument("--write", action=argparse.BooleanOptionalAction, default=True, help=f"write {RESULTS}")
+    p.add_argument(
+        "--flat", action=argparse.BooleanOptionalAction, default=None, help="the run at twice the log (not in quick)"
+    )
+    p.add_argument(
+        "--small-batch",
+        type=int,
+        default=None,
+        help="one more run of this exporter at this batch (default 20,000; 0 for none; quick 0)",
+    )
+    p.add_argument("--write", action=argparse.BooleanOptionalAction, default=True, help="write logs.md")
+    p.add_argument("--quick", action="store_true", help="20,000 lines, 1 round, no extra runs: a check that it runs")
+    p.add_argument("--results-dir", type=Path, default=RESULTS.parent, help="where logs.md goes")
+    p.add_argument("--summary", default=None, help="append the headline figures to this file as JSON lines")
     args = p.parse_args()
+    for name, full, quick in (("lines", 1_000_000, 20_000), ("rounds", 3, 1), ("flat", True, False)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    if args.small_batch is None:
+        args.small_batch = 0 if args.quick else 20_000
+    if args.rounds < 1:
+        p.error("--rounds: at least 1")
     if args.lines < 1000:
         p.error("--lines: at least 1000")
     started = time.monotonic()
@@ -800,8 +825,41 @@ def main() -> int:
     text = report(args, kinds, rounds, flat, small, peer_version)
     print(text)
     if args.write:
-        RESULTS.write_text(text)
-        print(f"wrote {RESULTS}", file=sys.stderr)
+        out = args.results_dir / RESULTS.name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
+        print(f"wrote {out}", file=sys.stderr)
+
+    def median(who: str, key: str) -> float:
+        return statistics.median(getattr(r[who], key) for r in rounds)
+
+    append_summary(
+        args.summary,
+        [
+            summary_line(
+                "logs",
+                f"Postfix log lines per CPU-second ({args.lines:,}-line log)",
+                median("ours", "per_cpu_s"),
+                peer=median("peer", "per_cpu_s"),
+                peer_name=peer_version,
+                unit="lines/CPU-s",
+                better="higher",
+                rounds=len(rounds),
+                quick=args.quick,
+            ),
+            summary_line(
+                "logs",
+                f"peak RSS (max_lines_per_run {args.batch:,})",
+                median("ours", "peak_kb") / 1024,
+                peer=median("peer", "peak_kb") / 1024,
+                peer_name=peer_version,
+                unit="MB",
+                better="lower",
+                rounds=len(rounds),
+                quick=args.quick,
+            ),
+        ],
+    )
     return 0
 
 

@@ -5,7 +5,7 @@ What it does, against the test stack's Postfix (``scripts/teststack.sh up``) or 
 instance given with ``--config-dir``/``--smtp``:
 
 1. Measures every reader once on the queue as it is (the "0" point of the memory
-   comparison).
+   comparison; not with ``--no-empty-point`` or ``--quick``).
 2. Fills the deferred queue with ``--messages`` (default 100,000) messages through
    parallel SMTP sessions on loopback to the instance's smtpd, whose relay is a dead
    loopback port, so every message stays deferred.  Filling is bounded by
@@ -26,13 +26,17 @@ instance given with ``--config-dir``/``--smtp``:
    Times are the median of ``--repeat`` runs; peak memory is the process's maximum
    resident set (GNU time's ``%M``, or ``VmHWM`` of the peer exporter).
 4. Prints a table with the ratios of issue 4's targets and writes it as Markdown to
-   ``benchmarks/results/queue.md``.
-5. Deletes the messages it injected (and only those), leaving the queue as it found it.
+   ``queue.md`` in ``--results-dir`` (default ``benchmarks/results``); with ``--summary FILE``,
+   appends the headline figures (steady-state reads against the peer's scrape, medians of the
+   rounds) as JSON lines, for ``benchmarks/run_all.py``.
+5. Deletes the messages it injected (and only those), leaving the queue as it found it; also
+   when interrupted (SIGINT, SIGTERM).
 
 Run as root (the spool reader and ``postsuper`` need it)::
 
     python3 benchmarks/queue_bench.py                 # 100,000 messages, test stack
     python3 benchmarks/queue_bench.py --messages 20000 --repeat 3
+    python3 benchmarks/queue_bench.py --quick         # 300 messages, 1 round: does it still run?
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import smtplib
 import socket
 import statistics
@@ -59,6 +64,10 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from run_all import append_summary, peer_version, summary_line  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results" / "queue.md"
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ENV = {**os.environ, "PATH": SYSTEM_PATH + os.pathsep + os.environ.get("PATH", "")}
@@ -290,6 +299,7 @@ class Instance:
         """Send up to ``n`` messages within ``budget`` seconds; returns (sent, seconds)."""
         started = time.monotonic()
         stop_at = started + budget
+        stop = threading.Event()  # set when this process is interrupted: stop sending, then clean up
         sent = [0] * connections
         errors: list[BaseException] = []
 
@@ -297,7 +307,7 @@ class Instance:
             try:
                 i = k
                 smtp: smtplib.SMTP | None = None
-                while i < n and time.monotonic() < stop_at:
+                while i < n and time.monotonic() < stop_at and not stop.is_set():
                     if smtp is None or sent[k] % 500 == 0:  # fresh sessions now and then
                         if smtp is not None:
                             smtp.quit()
@@ -316,13 +326,16 @@ class Instance:
         for t in threads:
             t.start()
         last = 0.0
-        while any(t.is_alive() for t in threads):
-            time.sleep(1.0)
-            if time.monotonic() - last > 15:
-                last = time.monotonic()
-                print(f"  sent {sum(sent)} / {n} in {last - started:.0f}s", flush=True)
-        for t in threads:
-            t.join()
+        try:
+            while any(t.is_alive() for t in threads):
+                time.sleep(min(1.0, max(0.05, n / 20_000)))
+                if time.monotonic() - last > 15:
+                    last = time.monotonic()
+                    print(f"  sent {sum(sent)} / {n} in {last - started:.0f}s", flush=True)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(90)
         if errors:
             print(f"  {len(errors)} SMTP session(s) failed: {errors[0]!r}", flush=True)
         return sum(sent), time.monotonic() - started
@@ -338,12 +351,16 @@ class Instance:
                     return listing
                 if time.monotonic() > deadline:
                     raise SystemExit(f"only {len(got)} of {mine} messages reached the deferred queue")
-            time.sleep(2.0)
+            time.sleep(2.0 if mine > 5000 else 0.5)
 
     def delete_mine(self) -> int:
-        listing = self.postqueue_json()
-        ids = [m["queue_id"] for m in listing if m["sender"] == self.sender]
-        if ids:
+        """Delete the messages of this run's sender; again (at most 10 times) until none is listed."""
+        deleted = 0
+        for _ in range(10):
+            listing = self.postqueue_json()
+            ids = [m["queue_id"] for m in listing if m["sender"] == self.sender]
+            if not ids:
+                break
             subprocess.run(
                 [tool("postsuper"), "-c", self.config_dir, "-d", "-"],
                 input="\n".join(ids) + "\n",
@@ -352,7 +369,11 @@ class Instance:
                 env=ENV,
                 check=True,
             )
-        return len(ids)
+            deleted += len(ids)
+            time.sleep(0.5)
+        else:
+            print(f"WARNING: messages from {self.sender} are still queued", flush=True)
+        return deleted
 
 
 def load_instance(args: argparse.Namespace) -> Instance:
@@ -375,9 +396,12 @@ def load_instance(args: argparse.Namespace) -> Instance:
 # --- measuring everything -------------------------------------------------------------------------
 
 
-def wait_quiet(limit: float = 60.0) -> None:
+QUIET_WAIT = [60.0]  # --quiet-wait
+
+
+def wait_quiet(limit: float | None = None) -> None:
     """This machine may be shared: wait (a while) for the 1-minute load to drop below 1.5."""
-    deadline = time.monotonic() + limit
+    deadline = time.monotonic() + (QUIET_WAIT[0] if limit is None else limit)
     while os.getloadavg()[0] >= 1.5 and time.monotonic() < deadline:
         time.sleep(2.0)
 
@@ -505,24 +529,65 @@ def targets(res: dict[str, dict[str, Any]], empty: dict[str, dict[str, Any]] | N
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--messages", type=int, default=100_000)
-    ap.add_argument("--fill-budget", type=float, default=300.0, help="seconds allowed for filling (default 300)")
+    ap.add_argument("--messages", type=int, default=None, help="messages to inject (default 100,000; quick 300)")
+    ap.add_argument(
+        "--fill-budget", type=float, default=None, help="seconds allowed for filling (default 300; quick 60)"
+    )
     ap.add_argument("--connections", type=int, default=6)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument(
+        "--repeat", "--rounds", dest="repeat", type=int, default=None, help="rounds, medians taken (default 3; quick 1)"
+    )
+    ap.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        help="seconds each round may wait for the load average to drop below 1.5 (default 60; quick 0)",
+    )
+    ap.add_argument(
+        "--empty-point",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="measure every reader once before filling, for the memory growth target (default yes; quick no)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="300 messages, 1 round, no empty point, no waiting: a check that it runs",
+    )
+    ap.add_argument("--results-dir", type=Path, default=RESULTS.parent, help="where queue.md goes")
+    ap.add_argument("--summary", default=None, help="append the headline figures to this file as JSON lines")
     ap.add_argument("--stack", default=os.environ.get("MCE_STACK_DIR", "/tmp/mce-teststack") + "/stack.json")
     ap.add_argument("--config-dir", help="a Postfix config directory instead of the test stack's")
     ap.add_argument("--smtp", default="127.0.0.1:25", help="its smtpd, with --config-dir")
     ap.add_argument("--keep", action="store_true", help="do not delete the injected messages")
     ap.add_argument("--no-fill", action="store_true", help="measure the queue as it is")
     args = ap.parse_args()
+    for name, full, quick in (
+        ("messages", 100_000, 300),
+        ("fill_budget", 300.0, 60.0),
+        ("repeat", 3, 1),
+        ("quiet_wait", 60.0, 0.0),
+        ("empty_point", True, False),
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    if args.repeat < 1:
+        ap.error("--repeat: at least 1")
+    QUIET_WAIT[0] = args.quiet_wait
+    # a plain kill (SIGTERM) runs the clean-up below too, as Ctrl-C (SIGINT) does
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     if os.geteuid() != 0:
         raise SystemExit("run as root: the spool reader and postsuper need it")
     inst = load_instance(args)
     print(f"Postfix {inst.config_dir}, queue {inst.queue_dir}, smtp {inst.smtp[0]}:{inst.smtp[1]}", flush=True)
 
     before = inst.postqueue_json()
-    print(f"queue before: {len(before)} messages; measuring the empty point", flush=True)
-    empty = measure(inst, 1)
+    empty: dict[str, dict[str, Any]] | None = None
+    if args.empty_point:
+        print(f"queue before: {len(before)} messages; measuring the empty point", flush=True)
+        empty = measure(inst, 1)
+    else:
+        print(f"queue before: {len(before)} messages; the empty point is not measured", flush=True)
     fill_note = ""
     try:
         if not args.no_fill:
@@ -539,7 +604,8 @@ def main() -> None:
             started = time.monotonic()
             os.sync()
             print(f"synced the file system in {time.monotonic() - started:.0f}s", flush=True)
-            time.sleep(5.0)  # and let the queue directories settle past the scanner's trust margin
+            # and let the queue directories settle past the scanner's trust margin (1 s)
+            time.sleep(1.5 if args.quick else 5.0)
         else:
             listing = inst.postqueue_json()
         deferred = sum(m["queue_name"] == "deferred" for m in listing)
@@ -577,10 +643,13 @@ def main() -> None:
         report += [fill_note, ""]
     report += [text, "", "## Targets (issue 4)", "", "| target | measured | met |", "|---|---|---|"]
     report += [f"| {name} | {value} | {'yes' if ok else 'NO'} |" for name, value, ok in checks]
+    if empty is not None:
+        report += [
+            "",
+            f"Memory at the empty point ({empty_n} deferred): "
+            + ", ".join(f"{k} {empty[k]['peak_kb'] / 1024:.1f} MB" for k in ("spool", "showq", "postqueue")),
+        ]
     report += [
-        "",
-        f"Memory at the empty point ({empty_n} deferred): "
-        + ", ".join(f"{k} {empty[k]['peak_kb'] / 1024:.1f} MB" for k in ("spool", "showq", "postqueue")),
         "",
         "Raw data (seconds, KB):",
         "",
@@ -589,14 +658,33 @@ def main() -> None:
         "```",
         "",
     ]
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text("\n".join(report))
+    out = args.results_dir / RESULTS.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(report))
     print()
     print(text)
     print()
     for name, value, ok in checks:
         print(f"  [{'ok' if ok else '!!'}] {name}: {value}")
-    print(f"\nwritten to {RESULTS.relative_to(REPO)}")
+    print(f"\nwritten to {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+    pfe = res["postfix_exporter"]["steady"] * 1000
+    append_summary(
+        args.summary,
+        [
+            summary_line(
+                "queue",
+                f"{label} steady-state read, {deferred:,} deferred",
+                res[key]["steady"] * 1000,
+                peer=pfe,
+                peer_name=peer_version("prometheus-postfix-exporter") + " (scrape)",
+                unit="ms",
+                better="lower",
+                rounds=args.repeat,
+                quick=args.quick,
+            )
+            for label, key in (("spool reader", "spool"), ("showq reader", "showq"))
+        ],
+    )
 
 
 if __name__ == "__main__":

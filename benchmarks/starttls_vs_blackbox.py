@@ -11,9 +11,15 @@ blackbox_exporter uses the classic ``smtp_starttls`` module of its example confi
 This exporter's module does the same dialog and additionally times each phase,
 inspects the leaf certificate and checks the host name itself.
 
-    python benchmarks/starttls_vs_blackbox.py [--probes 400] [--concurrency 4]
+    python benchmarks/starttls_vs_blackbox.py [--probes 400] [--concurrency 4] [--rounds 3]
+    python benchmarks/starttls_vs_blackbox.py --quick     # 30 probes, 1 round: does it still run?
 
-Loopback only, bounded.  Prints a table and writes benchmarks/results/starttls.md.
+Each round drives both exporters (alternating which goes first); the table gives the
+median of the rounds.  ``--summary FILE`` appends the headline figure as a JSON line (for
+benchmarks/run_all.py).
+
+Loopback only, bounded.  Prints a table and writes starttls.md to --results-dir
+(default benchmarks/results).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from run_all import append_summary, peer_version, summary_line  # noqa: E402
+
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -76,9 +87,21 @@ def drive(name: str, pid: int, url: str, probes: int, concurrency: int) -> dict[
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--probes", type=int, default=400)
+    ap.add_argument("--probes", type=int, default=None, help="probes per exporter and round (default 400; quick 30)")
     ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument(
+        "--rounds", type=int, default=None, help="rounds; the table gives their median (default 3; quick 1)"
+    )
+    ap.add_argument("--quick", action="store_true", help="small sizes (30 probes, 1 round): a check that it runs")
+    ap.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks/results", help="where starttls.md goes")
+    ap.add_argument("--summary", default=None, help="append the headline figure to this file as a JSON line")
     args = ap.parse_args()
+    if args.probes is None:
+        args.probes = 30 if args.quick else 400
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else 3
+    if args.probes < 1 or args.rounds < 1:
+        ap.error("--probes and --rounds: at least 1")
     stack = json.loads(Path(os.environ.get("MCE_STACK_DIR", "/tmp/mce-teststack"), "stack.json").read_text())
     smtp = f"127.0.0.1:{stack['ports']['smtp']}"
     ca = stack["certs"]["ca"]["cert"]
@@ -140,26 +163,34 @@ endpoints:
     try:
         wait_http(f"http://127.0.0.1:{bb_port}/-/healthy")
         wait_http(f"http://127.0.0.1:{mce_port}/-/ready")
-        results = {
-            "prometheus-blackbox-exporter (smtp_starttls)": drive(
-                "blackbox",
-                procs[0].pid,
-                f"http://127.0.0.1:{bb_port}/probe?module=smtp_starttls&target={smtp}",
-                args.probes,
-                args.concurrency,
-            ),
-            "mail-continuity-exporter (smtp, tls: starttls)": drive(
-                "mce", procs[1].pid, f"http://127.0.0.1:{mce_port}/probe?module=starttls", args.probes, args.concurrency
-            ),
+        targets = {
+            BB_NAME: ("blackbox", procs[0].pid, f"http://127.0.0.1:{bb_port}/probe?module=smtp_starttls&target={smtp}"),
+            MCE_NAME: ("mce", procs[1].pid, f"http://127.0.0.1:{mce_port}/probe?module=starttls"),
         }
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        for i in range(args.rounds):
+            order = list(targets) if i % 2 == 0 else list(reversed(targets))
+            for name in order:
+                rounds[name].append(drive(*targets[name], args.probes, args.concurrency))
+            print(
+                f"round {i + 1}/{args.rounds}: "
+                + ", ".join(f"{name} {rounds[name][-1]['per_cpu_s']:.0f}/CPU-s" for name in targets),
+                file=sys.stderr,
+                flush=True,
+            )
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
             p.wait(20)
-    bb, mce = results.values()
+    results = {
+        name: {key: statistics.median(r[key] for r in rs) for key in ("ok", "wall", "cpu", "per_cpu_s")}
+        for name, rs in rounds.items()
+    }
+    bb, mce = results[BB_NAME], results[MCE_NAME]
+    of_rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
     rows = [
         f"### SMTP STARTTLS checks per CPU-second ({args.probes} probes via /probe, concurrency {args.concurrency}, "
-        "real Postfix on loopback)",
+        f"real Postfix on loopback{of_rounds})",
         "",
         "| exporter | successful | wall s | exporter CPU s | checks per CPU-second |",
         "|---|---|---|---|---|",
@@ -167,12 +198,38 @@ endpoints:
     for name, r in results.items():
         rows.append(f"| {name} | {r['ok']:.0f} | {r['wall']:.2f} | {r['cpu']:.2f} | {r['per_cpu_s']:.0f} |")
     rows += ["", f"Ratio (this exporter / blackbox_exporter): **{mce['per_cpu_s'] / bb['per_cpu_s']:.2f}×**", ""]
+    if args.rounds > 1:
+        rows += [
+            "Checks per CPU-second in each round: "
+            + "; ".join(name + ": " + ", ".join(f"{r['per_cpu_s']:.0f}" for r in rs) for name, rs in rounds.items()),
+            "",
+        ]
     report = "\n".join(rows)
     print(report)
-    out = ROOT / "benchmarks/results/starttls.md"
+    out = args.results_dir / "starttls.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
+    append_summary(
+        args.summary,
+        [
+            summary_line(
+                "starttls",
+                "SMTP STARTTLS checks per CPU-second",
+                mce["per_cpu_s"],
+                peer=bb["per_cpu_s"],
+                peer_name=peer_version("prometheus-blackbox-exporter"),
+                unit="checks/CPU-s",
+                better="higher",
+                rounds=args.rounds,
+                quick=args.quick,
+            )
+        ],
+    )
     return 0
+
+
+BB_NAME = "prometheus-blackbox-exporter (smtp_starttls)"
+MCE_NAME = "mail-continuity-exporter (smtp, tls: starttls)"
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ Two workloads:
     python benchmarks/webhook_bench.py                      # both stores and workloads, 8 clients, 3 x 10 s
     python benchmarks/webhook_bench.py --store sqlite --workload new --repeat 1
     python benchmarks/webhook_bench.py --store postgresql --pg-dsn postgresql://me@127.0.0.1:5432/postgres
+    python benchmarks/webhook_bench.py --quick              # lifecycle, 2 s, 1 round, SQLite unless --pg-dsn
 
 By default both stores run when the PostgreSQL server answers, else SQLite alone (with a
 note).  Rounds interleave the stores (round 1: lifecycle on each store, new on each store;
@@ -37,7 +38,9 @@ of each (store, workload) and the ratio PostgreSQL / SQLite.
 
 Loopback only (the exporter listens on 127.0.0.1; a PostgreSQL server elsewhere is
 refused); bounded in time (each run stops after --duration seconds) and count
-(--max-requests).  Prints markdown tables and writes them to benchmarks/results/webhook.md.
+(--max-requests).  Prints markdown tables and writes them to webhook.md in --results-dir
+(default benchmarks/results).  ``--summary FILE`` appends the headline figures (the medians
+of the rounds) as JSON lines, for benchmarks/run_all.py.
 """
 
 from __future__ import annotations
@@ -62,7 +65,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from run_all import append_summary, summary_line  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "webhook.md"
+TARGET_RATE = 2000.0  # the design's target: 2,000 notifications a second, durable
 STACK_JSON = Path(os.environ.get("MCE_STACK_DIR") or "/tmp/mce-teststack") / "stack.json"
 STORES = ("sqlite", "postgresql")
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -606,18 +614,42 @@ STORE_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=8)
-    ap.add_argument("--duration", type=float, default=10.0, help="seconds per run (at most 60)")
-    ap.add_argument("--repeat", type=int, default=3, help="rounds (at most 5); the summary shows their median")
+    ap.add_argument("--duration", type=float, default=None, help="seconds per run (at most 60; default 10, quick 2)")
+    ap.add_argument(
+        "--repeat",
+        "--rounds",
+        dest="repeat",
+        type=int,
+        default=None,
+        help="rounds (at most 5); the summary shows their median (default 3, quick 1)",
+    )
     ap.add_argument("--max-requests", type=int, default=200_000, help="requests per run at most")
-    ap.add_argument("--workload", choices=["lifecycle", "new", "both"], default="both")
+    ap.add_argument(
+        "--workload", choices=["lifecycle", "new", "both"], default=None, help="(default both; quick lifecycle)"
+    )
     ap.add_argument(
         "--store",
         default=None,
         help="comma-separated: sqlite, postgresql (default: both when PostgreSQL answers, else sqlite)",
     )
     ap.add_argument("--pg-dsn", default=None, help="a loopback PostgreSQL role that may CREATE DATABASE")
-    ap.add_argument("--no-write", action="store_true", help="do not write benchmarks/results/webhook.md")
+    ap.add_argument("--no-write", action="store_true", help="do not write webhook.md")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="lifecycle only, 2 s, 1 round, SQLite only unless --pg-dsn: a check that it runs",
+    )
+    ap.add_argument("--results-dir", type=Path, default=RESULTS.parent, help="where webhook.md goes")
+    ap.add_argument("--summary", default=None, help="append the headline figures to this file as JSON lines")
     args = ap.parse_args()
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else 10.0
+    if args.repeat is None:
+        args.repeat = 1 if args.quick else 3
+    if args.workload is None:
+        args.workload = "lifecycle" if args.quick else "both"
+    if args.quick and args.store is None and args.pg_dsn is None:
+        args.store = "sqlite"
     duration = min(args.duration, 60.0)
     workloads = ["lifecycle", "new"] if args.workload == "both" else [args.workload]
     note = ""
@@ -667,9 +699,53 @@ def main() -> int:
     text = report(rows, stores, workloads, args.clients, duration, pg_info, note)
     print(text)
     if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(text)
+        args.results_dir.mkdir(parents=True, exist_ok=True)
+        (args.results_dir / RESULTS.name).write_text(text)
+    append_summary(args.summary, summary(rows, stores, workloads, args.quick))
     return 0
+
+
+def summary(
+    rows: list[tuple[str, str, dict[str, float]]], stores: list[str], workloads: list[str], quick: bool
+) -> list[dict[str, object]]:
+    """The headline figures, medians of the rounds: notifications/s (PostgreSQL against SQLite) and p99."""
+    out = []
+    for wl in workloads:
+        base: float | None = None
+        for st in stores:
+            rs = [r for s, w, r in rows if s == st and w == wl]
+            if not rs:
+                continue
+            rate = med(rs, "rate")
+            if st == "sqlite":
+                base = rate
+            vs_sqlite = st == "postgresql" and base is not None
+            out.append(
+                summary_line(
+                    "webhook",
+                    f"notifications per second, {wl}, {STORE_NAMES[st]}",
+                    rate,
+                    peer=base if vs_sqlite else None,
+                    peer_name="this exporter on SQLite" if vs_sqlite else None,
+                    unit="notifications/s",
+                    better="higher",
+                    rounds=len(rs),
+                    quick=quick,
+                    target=TARGET_RATE,
+                )
+            )
+            out.append(
+                summary_line(
+                    "webhook",
+                    f"p99 latency, {wl}, {STORE_NAMES[st]}",
+                    med(rs, "p99"),
+                    unit="ms",
+                    better="lower",
+                    rounds=len(rs),
+                    quick=quick,
+                )
+            )
+    return out
 
 
 if __name__ == "__main__":

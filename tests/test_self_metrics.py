@@ -5,7 +5,8 @@ real exporter process a reload that adds K checks adds exactly K tasks (the sche
 one task per check; between runs nothing else of a check is alive).  aiohttp runs one
 task per open connection, so the scrapes share one keep-alive connection.  The continuity
 refresh loop's wait task is absent for up to MIN_REFRESH_GAP (1 s) after each refresh, so a
-count is taken only once it has held for 1.6 s of scrapes.
+count is taken only once it has held for 1.6 s of scrapes (the exporter counts at most once a
+second, so a count seen 8 times over 1.6 s is at least two counts).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def _endpoints(names: list[str], address: str) -> str:
 
 async def test_tasks_started_in_process_are_counted_one_for_one(tmp_path: Path) -> None:
     exp = Exporter(Options(config_file=None, storage_path=str(tmp_path / "data")))
+    exp.task_count_interval = 0.0  # count at every scrape (the exporter reuses a count for 1 s)
     release = asyncio.Event()
     before = _tasks(exp.self_samples())
     assert before == len(asyncio.all_tasks())  # the test's own task at least: never 0 on a running loop
@@ -44,6 +46,12 @@ async def test_tasks_started_in_process_are_counted_one_for_one(tmp_path: Path) 
     release.set()
     await asyncio.gather(*started)
     assert _tasks(exp.self_samples()) == before
+    # with the default interval, a count is reused for a second
+    exp.task_count_interval = 3600.0
+    counted = _tasks(exp.self_samples())
+    more = [asyncio.create_task(asyncio.sleep(0)) for _ in range(3)]
+    assert _tasks(exp.self_samples()) == counted
+    await asyncio.gather(*more)
 
 
 def test_reload_adding_checks_adds_exactly_one_task_each(tmp_path: Path) -> None:

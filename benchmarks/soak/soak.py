@@ -25,6 +25,12 @@ README.md next to this file.
     python benchmarks/soak/soak.py                  # 10 minutes (the cap), writes benchmarks/results/soak-<date>.json
     python benchmarks/soak/soak.py --duration 60    # a short try-out (-short.json; slopes are noise at this length)
     python benchmarks/soak/soak.py --duration 300 --heapwatch heap.jsonl   # where the memory is (heapwatch.py)
+    python benchmarks/soak/soak.py --quick          # 12 s, 100 checks: does it still run? (slopes not judged)
+
+``--results-dir DIR`` (default benchmarks/results) is where the JSON report goes unless ``--out``
+says otherwise; ``--summary FILE`` appends the headline figures as JSON lines, for
+benchmarks/run_all.py; ``--no-target-exit`` reports the slopes without judging them (scrape
+errors and check outcomes still decide the exit status).
 
 Loopback only; bounded in time (``--duration`` at most 600 s) and in count (5 scrapes/s).
 """
@@ -48,6 +54,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from run_all import append_summary, summary_line  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 MAX_DURATION = 600.0
 SAMPLE_EVERY = 10.0
@@ -353,8 +363,15 @@ def window_floor(pid: int, proc: subprocess.Popen[bytes], until: float) -> tuple
         time.sleep(min(READ_EVERY, max(0.0, until - time.monotonic())))
 
 
-def sample_until(pid: int, port: int, ready_at: float, duration: float, proc: subprocess.Popen[bytes]) -> list[Sample]:
-    """One Sample per SAMPLE_EVERY seconds: the floor and peak of the readings in that window."""
+def sample_until(
+    pid: int,
+    port: int,
+    ready_at: float,
+    duration: float,
+    proc: subprocess.Popen[bytes],
+    every: float = SAMPLE_EVERY,
+) -> list[Sample]:
+    """One Sample per ``every`` seconds (SAMPLE_EVERY): the floor and peak of the readings in that window."""
     samples = []
     next_at = time.monotonic()
     while next_at - ready_at <= duration:
@@ -365,7 +382,7 @@ def sample_until(pid: int, port: int, ready_at: float, duration: float, proc: su
         samples.append(s)
         rss_range = f"{s.rss_mb:.1f}-{s.rss_peak_mb:.1f}MB"
         print(f"  t={t:5.0f}s rss={rss_range} fds={s.fds:4d} tasks={s.tasks:5d} runs={sum(runs.values())}", flush=True)
-        next_at += SAMPLE_EVERY
+        next_at += every
     return samples
 
 
@@ -396,7 +413,7 @@ def measure(args: argparse.Namespace, counts: dict[str, int], exporter: subproce
     scraper = threading.Thread(target=scrape_loop, args=(port, stop, scrapes), daemon=True)
     scraper.start()
     try:
-        samples = sample_until(exporter.pid, port, ready_at, args.duration, exporter)
+        samples = sample_until(exporter.pid, port, ready_at, args.duration, exporter, args.sample_every)
     finally:
         stop.set()
         scraper.join(15)
@@ -428,7 +445,8 @@ def measure(args: argparse.Namespace, counts: dict[str, int], exporter: subproce
     }
     if args.heapwatch is not None:
         report["heapwatch"] = {"file": str(args.heapwatch), **heap_slopes(args.heapwatch, warmup)}
-    report["failures"] = verdicts(resources, scrapes, classes, short=args.duration < MAX_DURATION)
+    report["slopes_judged"] = args.duration >= MAX_DURATION and not args.no_target_exit
+    report["failures"] = verdicts(resources, scrapes, classes, short=not report["slopes_judged"])
     return report
 
 
@@ -453,31 +471,113 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=MAX_DURATION, help="seconds, at most 600")
-    parser.add_argument("--checks", type=int, default=1000)
-    parser.add_argument("--tarpit", type=int, default=200, help="checks against tarpits")
-    parser.add_argument("--flapping", type=int, default=100, help="checks against flapping servers")
-    parser.add_argument("--interval", type=float, default=12.0, help="mean seconds between runs (±20%%)")
-    parser.add_argument("--timeout", type=float, default=5.0, help="check timeout (a tarpit run lasts this long)")
+    parser.add_argument("--duration", type=float, default=None, help="seconds, at most 600 (default 600; quick 12)")
+    parser.add_argument("--checks", type=int, default=None, help="checks (default 1000; quick 100)")
+    parser.add_argument("--tarpit", type=int, default=None, help="checks against tarpits (default 200; quick 20)")
+    parser.add_argument(
+        "--flapping", type=int, default=None, help="checks against flapping servers (default 100; quick 10)"
+    )
+    parser.add_argument(
+        "--interval", type=float, default=None, help="mean seconds between runs (±20%%; default 12; quick 4)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=None, help="check timeout (a tarpit run lasts this long; default 5; quick 2)"
+    )
     parser.add_argument("--max-concurrency", type=int, default=400)
-    parser.add_argument("--flap-period", type=float, default=25.0)
-    parser.add_argument("--warmup", type=float, default=120.0, help="seconds left out of the slopes")
-    parser.add_argument("--out", type=Path, default=None, help="JSON report (default benchmarks/results/soak-<date>)")
+    parser.add_argument("--flap-period", type=float, default=None, help="seconds up, then down (default 25; quick 6)")
+    parser.add_argument(
+        "--warmup", type=float, default=None, help="seconds left out of the slopes (default 120; quick 5)"
+    )
+    parser.add_argument(
+        "--sample-every", type=float, default=None, help="seconds per resource sample (default 10; quick 2)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="20 s, 100 checks, 5 s warm-up, samples every 2 s: a check that it runs (slopes are not judged)",
+    )
+    parser.add_argument("--no-target-exit", action="store_true", help="report the slopes, do not judge them")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where the JSON report goes")
+    parser.add_argument("--summary", default=None, help="append the headline figures to this file as JSON lines")
+    parser.add_argument("--out", type=Path, default=None, help="JSON report (default <results-dir>/soak-<date>)")
     parser.add_argument("--heapwatch", type=Path, default=None, help="run the exporter under heapwatch.py, JSONL here")
     parser.add_argument(
         "--heapwatch-option", action="append", default=[], help="a flag for heapwatch.py, e.g. --trim-every=10"
     )
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the exporter's environment")
     args = parser.parse_args()
+    quick_defaults = {
+        "duration": (MAX_DURATION, 12.0),
+        "checks": (1000, 100),
+        "tarpit": (200, 20),
+        "flapping": (100, 10),
+        "interval": (12.0, 4.0),
+        "timeout": (5.0, 2.0),
+        "flap_period": (25.0, 6.0),
+        "warmup": (120.0, 5.0),
+        "sample_every": (SAMPLE_EVERY, 2.0),
+    }
+    for name, (full, quick) in quick_defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    if args.sample_every <= 0:
+        parser.error("--sample-every must be positive")
     if not 0 < args.duration <= MAX_DURATION:
         parser.error(f"--duration must be in (0, {MAX_DURATION:g}]")
     report = run(args)
     print_table(report)
     suffix = "" if args.duration >= MAX_DURATION else "-short"
-    out = args.out or RESULTS / f"soak-{dt.date.today().isoformat()}{suffix}.json"
+    out = args.out or args.results_dir / f"soak-{dt.date.today().isoformat()}{suffix}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    append_summary(args.summary, summary(report, args))
     return 1 if report["failures"] else 0
+
+
+def summary(report: dict, args: argparse.Namespace) -> list[dict[str, object]]:  # type: ignore[type-arg]
+    """The headline figures: /metrics p99, the exporter's CPU and the slopes against their bounds."""
+    common = {"rounds": 1, "quick": args.quick}
+    s = report["scrapes"]
+    minutes = f"{args.duration / 60:g} min" if args.duration >= 60 else f"{args.duration:g} s"
+    lines = [
+        summary_line(
+            "soak",
+            f"GET /metrics p99 (gzip, {s['count']} scrapes over {minutes}, {args.checks} checks)",
+            s["p99_ms"],
+            unit="ms",
+            better="lower",
+            **common,
+        ),
+        summary_line(
+            "soak",
+            "exporter CPU, share of one core",
+            report["exporter_cpu_percent"],
+            unit="%",
+            better="lower",
+            **common,
+        ),
+    ]
+    names = {
+        "rss_peak_mb": ("RSS peak slope", "MB/h"),
+        "fds": ("fd floor slope", "fds/h"),
+        "tasks": ("task slope", "tasks/h"),
+    }
+    for key, r in report["resources"].items():
+        label, unit = names.get(key, (key, "/h"))
+        judged = "" if report["slopes_judged"] else " (not judged)"
+        lines.append(
+            summary_line(
+                "soak",
+                f"{label} after {report['warmup_s']:g} s warm-up{judged}",
+                r["slope_per_hour"],
+                unit=unit,
+                better="lower",
+                target=r["bound_per_hour"],
+                **common,
+            )
+        )
+    return lines
 
 
 if __name__ == "__main__":

@@ -47,7 +47,8 @@ FAMILIES: dict[str, MetricDef] = _defs(
     (
         "mail_exporter_asyncio_tasks",
         "gauge",
-        "asyncio tasks alive in the exporter at scrape time: one per scheduled check, plus those in flight.",
+        "asyncio tasks alive in the exporter (counted at most once a second): one per scheduled check, "
+        "plus those in flight.",
         (),
     ),
     ("mail_exporter_check_duration_seconds", "gauge", "Duration of the last run of a check.", ("check", "name")),

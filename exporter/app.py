@@ -193,6 +193,7 @@ class Exporter:
             for c in self.scheduler.checks:
                 kinds[c.kind] = kinds.get(c.kind, 0) + 1
             out.extend(Sample("mail_exporter_checks", "", (("check", k),), float(n)) for k, n in sorted(kinds.items()))
+            out.extend(self.scheduler.lag.samples())
         return out
 
     def _task_count(self) -> int:

@@ -143,3 +143,44 @@ async def test_apply_keeps_unchanged_replaces_changed_drops_removed() -> None:
     assert a.runs > runs_a
     names = {dict(k)["name"] for k in values(snap, "mail_exporter_check_runs_total")}
     assert names == {"a", "c"}
+
+
+# --- start lag -------------------------------------------------------------------------------------
+
+
+async def test_start_lag_counts_every_run_and_measures_the_wait_for_a_slot() -> None:
+    """Ground truth: with one slot, a run due while another holds it starts when it is released."""
+    from exporter.core.scheduler import START_LAG
+
+    snap = Snapshot()
+    sched = Scheduler(snap, max_concurrency=1, first_run_spread=0.0)
+    release = asyncio.Event()
+    held = asyncio.Event()
+
+    async def blocker(sink: Sink, log: logging.Logger) -> bool:
+        held.set()
+        await release.wait()
+        return True
+
+    async def quick(sink: Sink, log: logging.Logger) -> bool:
+        return True
+
+    slow = Check("smtp", "slow", 3600.0, 10.0, spec="slow", run=blocker)
+    fast = Check("smtp", "fast", 3600.0, 10.0, spec="fast", run=quick)
+    loop = asyncio.get_running_loop()
+    first = asyncio.create_task(sched.run_once(slow, planned=loop.time()))
+    await held.wait()
+    due = loop.time()
+    second = asyncio.create_task(sched.run_once(fast, planned=due))
+    await asyncio.sleep(0.3)  # the fast run is due but waits for the slot
+    release.set()
+    await asyncio.gather(first, second)
+    values = {(s.name, dict(s.labels).get("le")): s.value for s in sched.lag.samples()}
+    assert values[(f"{START_LAG}_count", None)] == 2
+    # the second run started at least 0.3 s after it was due (a lower bound, not a speed figure)
+    assert values[(f"{START_LAG}_sum", None)] >= 0.3
+    assert values[(f"{START_LAG}_bucket", "0.25")] == 1  # only the first run started in time
+    assert values[(f"{START_LAG}_bucket", "+Inf")] == 2
+    # a run without a due time (a /probe-like manual run) is not counted
+    await sched.run_once(fast)
+    assert {s.name: s.value for s in sched.lag.samples()}[f"{START_LAG}_count"] == 2

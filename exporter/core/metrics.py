@@ -51,6 +51,13 @@ FAMILIES: dict[str, MetricDef] = _defs(
         "plus those in flight.",
         (),
     ),
+    (
+        "mail_exporter_check_start_lag_seconds",
+        "histogram",
+        "How late check runs start: from when a run was due to when it started (a busy event loop, or every "
+        "max_concurrency slot taken). Growing lag means the exporter is past its ceiling.",
+        (),
+    ),
     ("mail_exporter_check_duration_seconds", "gauge", "Duration of the last run of a check.", ("check", "name")),
     ("mail_exporter_check_success", "gauge", "Whether the last run of a check succeeded.", ("check", "name")),
     (

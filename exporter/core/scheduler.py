@@ -79,6 +79,11 @@ class RunRecord:
     details: tuple[tuple[str, str], ...]
 
 
+#: The start lag histogram: from when a run was due to when it started.
+START_LAG = "mail_exporter_check_start_lag_seconds"
+START_LAG_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -98,6 +103,9 @@ class Scheduler:
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._closing: set[asyncio.Task[None]] = set()
         self.scheduled = asyncio.Event()
+        #: The exporter-wide start lag histogram (a self-metric): how late runs start.
+        self.lag = CheckState()
+        self.lag.init_histogram(START_LAG, START_LAG_BUCKETS)
         self.listeners: list[Callable[[Check, RunRecord], None]] = []
 
     @property
@@ -163,17 +171,27 @@ class Scheduler:
 
     async def _loop(self, check: Check) -> None:
         loop = asyncio.get_running_loop()
-        await asyncio.sleep(random.uniform(0, min(check.interval, self.first_run_spread)))
+        first = random.uniform(0, min(check.interval, self.first_run_spread))
+        planned = loop.time() + first
+        await asyncio.sleep(first)
         while True:
             started = loop.time()
-            await self.run_once(check)
+            await self.run_once(check, planned=planned)
             spread = check.interval * self.jitter
-            delay = check.interval + random.uniform(-spread, spread) - (loop.time() - started)
-            await asyncio.sleep(max(0.0, delay))
+            delay = max(0.0, check.interval + random.uniform(-spread, spread) - (loop.time() - started))
+            planned = loop.time() + delay
+            await asyncio.sleep(delay)
 
-    async def run_once(self, check: Check) -> RunRecord:
-        """Run a check once now, record its result and publish its samples."""
+    async def run_once(self, check: Check, *, planned: float | None = None) -> RunRecord:
+        """Run a check once now, record its result and publish its samples.
+
+        ``planned``: the event loop time this run was due; how late it really starts (a busy
+        loop, or every ``max_concurrency`` slot taken) goes into the start lag histogram.
+        """
         async with self._sem:
+            if planned is not None:
+                lag = max(0.0, asyncio.get_running_loop().time() - planned)
+                self.lag.observe(START_LAG, lag, START_LAG_BUCKETS)
             sink = Sink(check.state)
             wall = time.time()
             t0 = time.perf_counter()

@@ -125,6 +125,10 @@ class Settings:
         "log",
     )
     check_errors_window: str = "15m"
+    #: Checks start this late at the 99th percentile over ``start_lag_window``: the exporter is
+    #: past its ceiling (docs/scaling.md).
+    start_lag_p99_seconds: float = 1.0
+    start_lag_window: str = "10m"
     webhook_errors_window: str = "15m"
 
     # --- TLS and DNS -------------------------------------------------------------------
@@ -257,6 +261,7 @@ class Settings:
                 "MailExporterConfigReloadFailed": "5m",
                 "MailExporterCheckFailing": "15m",
                 "MailExporterCheckErrors": "5m",
+                "MailExporterChecksStartLate": "15m",
                 "MailWebhookNotificationsFailing": "10m",
                 "MailExporterNoLeader": "2m",
                 "MailExporterLeaderConflict": "5m",
@@ -777,6 +782,21 @@ class Builder:
             "Check {{ $labels.check }}/{{ $labels.name }} on {{ $labels.instance }} raised an unexpected error "
             f'{{{{ $value | printf "%.0f" }}}} times in the last {words(s.check_errors_window)}. '
             "The traceback is in the exporter's log; please report it.",
+        )
+        lag = s.start_lag_window
+        add(
+            "MailExporterChecksStartLate",
+            g,
+            "warning",
+            "overview",
+            (
+                f"histogram_quantile(0.99, rate({sel('mail_exporter_check_start_lag_seconds_bucket')}[{lag}]))\n"
+                f"> {number(s.start_lag_p99_seconds)}"
+            ),
+            "Checks start late: the exporter is past its ceiling, so results are older than their intervals.",
+            "The 99th percentile of how late check runs start on {{ $labels.instance }} is "
+            "{{ $value | humanizeDuration }} over the last "
+            f"{words(lag)}: the event loop is saturated or every max_concurrency slot is taken.",
         )
         add(
             "MailWebhookNotificationsFailing",

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import logging
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter.core.model import Sink
@@ -184,3 +185,35 @@ async def test_start_lag_counts_every_run_and_measures_the_wait_for_a_slot() -> 
     # a run without a due time (a /probe-like manual run) is not counted
     await sched.run_once(fast)
     assert {s.name: s.value for s in sched.lag.samples()}[f"{START_LAG}_count"] == 2
+
+
+async def test_first_runs_of_many_checks_are_spread_at_most_200_a_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    from exporter.core import scheduler as schedmod
+
+    bounds: list[float] = []
+
+    def uniform(low: float, high: float) -> float:
+        bounds.append(high)
+        return high  # every first run at the end of its spread: nothing runs during the test
+
+    monkeypatch.setattr(schedmod.random, "uniform", uniform)
+    sched = Scheduler(Snapshot(), first_run_spread=5.0)
+
+    async def never(sink: Sink, log: logging.Logger) -> bool:
+        return True
+
+    def many(n: int, interval: float, prefix: str) -> list[Check]:
+        return [Check("t", f"{prefix}{i}", interval, 1.0, spec=i, run=never) for i in range(n)]
+
+    sched.apply(many(100, 3600.0, "a"))  # few checks: the configured 5 s
+    await asyncio.sleep(0)
+    assert set(bounds) == {5.0}
+    bounds.clear()
+    sched.apply(many(100, 3600.0, "a") + many(4000, 3600.0, "b"))  # 4,000 new ones: 20 s
+    await asyncio.sleep(0)
+    assert len(bounds) == 4000 and set(bounds) == {4000 / schedmod.FIRST_RUNS_PER_SECOND} == {20.0}
+    bounds.clear()
+    sched.apply(many(100, 3600.0, "a") + many(4000, 3600.0, "b") + many(3000, 10.0, "c"))  # never past the interval
+    await asyncio.sleep(0)
+    assert set(bounds) == {10.0}
+    await sched.stop()

@@ -79,6 +79,8 @@ class RunRecord:
     details: tuple[tuple[str, str], ...]
 
 
+#: At most this many first runs a second on average, when many checks start at once.
+FIRST_RUNS_PER_SECOND = 200.0
 #: The start lag histogram: from when a run was due to when it started.
 START_LAG = "mail_exporter_check_start_lag_seconds"
 START_LAG_BUCKETS: tuple[float, ...] = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -127,10 +129,14 @@ class Scheduler:
                 continue
             self._cancel(key)
             self.snapshot.remove(key)
-        for key, check in new.items():
-            if key not in self._tasks:
-                self._initial_samples(check)
-                self._tasks[key] = asyncio.create_task(self._loop(check), name=f"check:{key}")
+        starting = [check for key, check in new.items() if key not in self._tasks]
+        # First runs are spread over first_run_spread seconds, or longer when more than
+        # FIRST_RUNS_PER_SECOND would start per second (10,000 checks: 50 s), never longer
+        # than a check's interval: a burst of every check at once would make them all late.
+        spread = max(self.first_run_spread, len(starting) / FIRST_RUNS_PER_SECOND)
+        for check in starting:
+            self._initial_samples(check)
+            self._tasks[check.key] = asyncio.create_task(self._loop(check, spread), name=f"check:{check.key}")
         self._checks = new
         self.scheduled.set()
 
@@ -169,9 +175,9 @@ class Scheduler:
             check.state.init_counter("mail_exporter_check_runs_total", check=check.kind, name=check.name, result=result)
         self.snapshot.update(check.key, list(check.state.samples()))
 
-    async def _loop(self, check: Check) -> None:
+    async def _loop(self, check: Check, spread: float) -> None:
         loop = asyncio.get_running_loop()
-        first = random.uniform(0, min(check.interval, self.first_run_spread))
+        first = random.uniform(0, min(check.interval, spread))
         planned = loop.time() + first
         await asyncio.sleep(first)
         while True:

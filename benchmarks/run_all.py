@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,9 @@ BENCHMARKS: tuple[Bench, ...] = (
     ),
 )
 NAMES = tuple(b.name for b in BENCHMARKS)
+#: Benchmarks that use the test stack's Postfix queue or mailboxes: with --quick --jobs N they
+#: still run one after the other (one worker), the others beside them on the remaining workers.
+SHARED_STACK = frozenset({"starttls", "queue", "idle"})
 
 
 def _port_open(port: int) -> bool:
@@ -265,6 +269,10 @@ class Outcome:
     log: Path | None = None
 
 
+#: Benchmark processes running now (several with --quick --jobs): stopped if run_all is interrupted.
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """SIGINT to the benchmark's process group (Python runs its clean-ups), then SIGKILL."""
     for sig, grace in ((signal.SIGINT, 20.0), (signal.SIGKILL, 10.0)):
@@ -291,6 +299,7 @@ def run_one(b: Bench, quick: bool, results_dir: Path, log_dir: Path, budget: flo
     started = time.monotonic()
     with log.open("wb") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        _RUNNING.add(proc)
         try:
             rc = proc.wait(budget)
         except subprocess.TimeoutExpired:
@@ -299,6 +308,8 @@ def run_one(b: Bench, quick: bool, results_dir: Path, log_dir: Path, budget: flo
         except BaseException:
             _stop(proc)
             raise
+        finally:
+            _RUNNING.discard(proc)
     took = time.monotonic() - started
     lines = []
     if summary.exists():
@@ -458,6 +469,14 @@ def main() -> int:
         "--log-dir", type=Path, default=None, help="each benchmark's output (default: a temporary directory)"
     )
     ap.add_argument("--budget", type=float, default=None, help="seconds each benchmark may take (default: its own)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="with --quick: benchmarks run side by side on this many workers (default 3; the ones that use the "
+        "stack's Postfix queue and mailboxes stay one after the other). Full-size runs are always sequential: "
+        "their figures would disturb each other",
+    )
     args = ap.parse_args()
     # killed politely (SIGTERM): stop the running benchmark's process group too, as Ctrl-C does
     signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
@@ -479,16 +498,33 @@ def main() -> int:
         command = os.environ["MCE_BENCH_COMMAND"]
     started = dt.datetime.now(dt.UTC)
     print(f"results: {results_dir}\nlogs: {log_dir}", flush=True)
-    outcomes: list[Outcome] = []
-    for b in chosen:
+    jobs = max(1, args.jobs or 3) if args.quick else 1
+
+    def one(b: Bench) -> Outcome:
         budget = args.budget or (b.quick_budget if args.quick else b.budget)
-        print(f"== {b.name}: {b.what}", flush=True)
         o = run_one(b, args.quick, results_dir, log_dir, budget)
-        outcomes.append(o)
-        print(f"   {o.status}{': ' + o.reason if o.reason else ''} ({o.seconds:.1f} s)", flush=True)
+        print(f"== {b.name}: {o.status}{': ' + o.reason if o.reason else ''} ({o.seconds:.1f} s)", flush=True)
         if o.status in ("failed", "timed out") and o.log is not None:
             tail = o.log.read_text(errors="replace").splitlines()[-15:]
-            print("\n".join("   | " + line for line in tail), file=sys.stderr, flush=True)
+            print("\n".join(f"   | {b.name}: " + line for line in tail), file=sys.stderr, flush=True)
+        return o
+
+    if jobs == 1:
+        outcomes = [one(b) for b in chosen]
+    else:
+        serial = [b for b in chosen if b.name in SHARED_STACK]
+        pool = ThreadPoolExecutor(jobs)
+        try:
+            chain = pool.submit(lambda: [one(b) for b in serial])
+            rest = {b.name: pool.submit(one, b) for b in chosen if b.name not in SHARED_STACK}
+            done = {o.bench.name: o for o in chain.result()} | {name: f.result() for name, f in rest.items()}
+        except BaseException:  # interrupted: stop what runs, drop what waits
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in list(_RUNNING):
+                _stop(proc)
+            raise
+        pool.shutdown()
+        outcomes = [done[b.name] for b in chosen]
     text = report(outcomes, args, command, started)
     (results_dir / "summary.md").write_text(text)
     with (results_dir / "summary.jsonl").open("w", encoding="utf-8") as fh:

@@ -30,4 +30,4 @@ mypy
 echo "== hadolint"
 hadolint Dockerfile
 echo "== pytest"
-exec "$PY" -m pytest "$@"
+exec "$PY" -m pytest --durations=25 "$@"

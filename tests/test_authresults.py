@@ -822,7 +822,7 @@ class Renderer:
         return out + self.rnd.choice(["", ";", " ; ", "\r\n"])
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(auth_results(), st.randoms(use_true_random=False))
 def test_generated_fields_round_trip(want: AuthResults, rnd: random.Random) -> None:
     header = Renderer(rnd).header(want)

@@ -48,7 +48,7 @@ _LONG = int(os.environ.get("MCE_FUZZ_EXAMPLES", "0")) or (
 )
 _SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
 settings.register_profile(
-    "fuzz-ci", max_examples=200, derandomize=True, database=None, deadline=None, suppress_health_check=_SLOW
+    "fuzz-ci", max_examples=120, derandomize=True, database=None, deadline=None, suppress_health_check=_SLOW
 )
 settings.register_profile("fuzz-long", max_examples=_LONG or 100_000, deadline=None, suppress_health_check=_SLOW)
 #: Applied per test (not loaded globally, so the rest of the suite keeps its own settings).

@@ -84,6 +84,8 @@ class Scrapes:
     latencies_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     body_bytes: int = 0
+    plain_ms: list[float] = field(default_factory=list)  # the scrapes without gzip (--plain-every)
+    plain_body_bytes: int = 0
 
 
 def free_port() -> int:
@@ -207,20 +209,27 @@ def get(port: int, path: str) -> tuple[int, bytes]:
 # --- measuring ----------------------------------------------------------------------------------
 
 
-def scrape_loop(port: int, stop: threading.Event, out: Scrapes) -> None:
-    """GET /metrics with gzip at SCRAPES_PER_SECOND on one keep-alive connection, as Prometheus does."""
+def scrape_loop(port: int, stop: threading.Event, out: Scrapes, plain_every: int = 0) -> None:
+    """GET /metrics with gzip at SCRAPES_PER_SECOND on one keep-alive connection, as Prometheus does;
+    with ``plain_every`` N, every Nth scrape asks for the uncompressed body (timed apart)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     period = 1.0 / SCRAPES_PER_SECOND
     next_at = time.monotonic()
+    n = 0
     while not stop.is_set():
+        n += 1
+        plain = plain_every > 0 and n % plain_every == 0
         t0 = time.perf_counter()
         try:
-            conn.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+            conn.request("GET", "/metrics", headers={} if plain else {"Accept-Encoding": "gzip"})
             resp = conn.getresponse()
             body = resp.read()
             elapsed = (time.perf_counter() - t0) * 1000
             if resp.status != 200:
                 out.errors.append(f"status {resp.status}")
+            elif plain:
+                out.plain_ms.append(elapsed)
+                out.plain_body_bytes = len(body)
             else:
                 out.latencies_ms.append(elapsed)
                 out.body_bytes = len(body)
@@ -410,7 +419,7 @@ def run(args: argparse.Namespace) -> dict[str, object]:
 def measure(args: argparse.Namespace, counts: dict[str, int], exporter: subprocess.Popen[bytes], port: int) -> dict:  # type: ignore[type-arg]
     ready_at = time.monotonic()
     scrapes, stop = Scrapes(), threading.Event()
-    scraper = threading.Thread(target=scrape_loop, args=(port, stop, scrapes), daemon=True)
+    scraper = threading.Thread(target=scrape_loop, args=(port, stop, scrapes, args.plain_every), daemon=True)
     scraper.start()
     try:
         samples = sample_until(exporter.pid, port, ready_at, args.duration, exporter, args.sample_every)
@@ -441,6 +450,12 @@ def measure(args: argparse.Namespace, counts: dict[str, int], exporter: subproce
             "max_ms": round(max(lat, default=float("nan")), 2),
             "gzip_body_bytes": scrapes.body_bytes,
         },
+        "plain_scrapes": {
+            "count": len(scrapes.plain_ms),
+            "p50_ms": round(percentile(scrapes.plain_ms, 0.50), 2) if scrapes.plain_ms else None,
+            "p99_ms": round(percentile(scrapes.plain_ms, 0.99), 2) if scrapes.plain_ms else None,
+            "body_bytes": scrapes.plain_body_bytes,
+        },
         "samples": [asdict(s) for s in samples],
     }
     if args.heapwatch is not None:
@@ -463,6 +478,12 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
         f"\n/metrics (gzip, {s['gzip_body_bytes']:,} B): {s['count']} scrapes, {s['errors']} errors, "
         f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, max {s['max_ms']} ms"
     )
+    plain = report.get("plain_scrapes") or {}
+    if plain.get("count"):
+        print(
+            f"/metrics (plain, {plain['body_bytes']:,} B): {plain['count']} scrapes, "
+            f"p50 {plain['p50_ms']} ms, p99 {plain['p99_ms']} ms"
+        )
     if "heapwatch" in report:
         print(f"heapwatch (MB/h; blocks/h): {report['heapwatch']}")
     for reason in report["failures"]:
@@ -471,6 +492,9 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--plain-every", type=int, default=0, help="every Nth scrape without gzip, timed apart (default 0: none)"
+    )
     parser.add_argument("--duration", type=float, default=None, help="seconds, at most 600 (default 600; quick 12)")
     parser.add_argument("--checks", type=int, default=None, help="checks (default 1000; quick 100)")
     parser.add_argument("--tarpit", type=int, default=None, help="checks against tarpits (default 200; quick 20)")

@@ -72,7 +72,7 @@ async def idp(tmp_path: Path) -> AsyncIterator[Idp]:
 
     app = web.Application()
     app.router.add_post("/token", token)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, shutdown_timeout=1.0)  # a hanging handler must not hold teardown for 60 s
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
     await site.start()

@@ -196,3 +196,43 @@ def test_a_change_recompresses_one_block_per_family_it_touches(monkeypatch: pyte
     compressed.clear()
     assert gzip.decompress(snap.render_gzip(True)) == snap.render(True)
     assert compressed == []  # the other format reuses the same block members
+
+
+def test_line_prefixes_reused_only_for_the_same_series() -> None:
+    """A key's line prefixes are cached between updates: new label values, new series and a
+    removal must still render exactly what a fresh snapshot renders."""
+    snap = Snapshot()
+
+    def sink(version: str, up: float, target: str = "h:25") -> Sink:
+        s = _sink("a", target, up)
+        s.gauge("mail_tls_version_info", 1, protocol="smtp", check="a", target=target, version=version)
+        return s
+
+    steps = [sink("TLSv1.3", 1), sink("TLSv1.3", 0), sink("TLSv1.2", 0), sink("TLSv1.2", 1, "other:25")]
+    for s in steps:
+        snap.update("smtp/a", s.samples())
+        fresh = Snapshot()
+        fresh.update("smtp/a", s.samples())
+        assert snap.render() == fresh.render()
+        assert snap.render(openmetrics=True) == fresh.render(openmetrics=True)
+    text = snap.render().decode()
+    assert 'version="TLSv1.3"' not in text and 'target="h:25"' not in text
+    assert 'mail_smtp_up{check="a",target="other:25"} 1.0' in text
+    snap.remove("smtp/a")
+    assert snap.render() == b""
+    snap.update("smtp/a", steps[0].samples())
+    assert 'version="TLSv1.3"' in snap.render().decode()
+
+
+def test_failure_counters_created_once_per_target() -> None:
+    state = CheckState()
+    first = Sink(state)
+    first.init_failures("smtp", "a", "h:25")
+    first.state.inc("mail_probe_failures_total", protocol="smtp", check="a", target="h:25", reason="tls")
+    again = Sink(state)
+    again.init_failures("smtp", "a", "h:25")  # must not reset the count
+    again.init_failures("smtp", "a", "other:25")
+    counts = {dict(s.labels)["target"] + "/" + dict(s.labels)["reason"]: s.value for s in again.samples()}
+    assert counts["h:25/tls"] == 1.0
+    assert len([k for k in counts if k.startswith("other:25/")]) == len(REASONS)
+    assert all(v == 0.0 for k, v in counts.items() if k != "h:25/tls")

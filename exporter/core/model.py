@@ -73,11 +73,12 @@ def _labels(family: str, labels: dict[str, str]) -> LabelPairs:
     spec = metrics.FAMILIES.get(family)
     if spec is None:
         raise KeyError(f"metric family {family!r} is not in the metrics contract")
-    if tuple(labels) != spec.labels:
-        if set(labels) != set(spec.labels):
-            raise ValueError(f"{family}: labels {sorted(labels)} do not match the contract {list(spec.labels)}")
-        return tuple((k, str(labels[k])) for k in spec.labels)
-    return tuple((k, str(v)) for k, v in labels.items())
+    names = spec.labels
+    if tuple(labels) != names:
+        if set(labels) != set(names):
+            raise ValueError(f"{family}: labels {sorted(labels)} do not match the contract {list(names)}")
+        return tuple((k, str(labels[k])) for k in names)
+    return tuple(zip(names, map(str, labels.values()), strict=True))
 
 
 @dataclass
@@ -94,6 +95,8 @@ class CheckState:
 
     counters: dict[tuple[str, LabelPairs], float] = field(default_factory=dict)
     histograms: dict[tuple[str, LabelPairs], _Histogram] = field(default_factory=dict)
+    #: (protocol, check, target) whose failure counters exist (:meth:`Sink.init_failures`).
+    failures_ready: set[tuple[str, str, str]] = field(default_factory=set)
 
     def inc(self, family: str, amount: float = 1.0, **labels: str) -> None:
         key = (family, _labels(family, labels))
@@ -212,7 +215,11 @@ class Sink:
         self.failures.append(Failure(reason, message, target))
 
     def init_failures(self, protocol: str, check: str, target: str) -> None:
-        """Create every reason's failure counter at 0 for one target."""
+        """Create every reason's failure counter at 0 for one target (once: every run asks)."""
+        ready = (protocol, check, target)
+        if ready in self.state.failures_ready:
+            return
+        self.state.failures_ready.add(ready)
         for reason in REASONS:
             self.state.init_counter(
                 "mail_probe_failures_total", protocol=protocol, check=check, target=target, reason=reason

@@ -59,11 +59,20 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _line(sample: Sample) -> str:
+def _prefix(sample: Sample) -> str:
+    """A sample line up to its value: ``name{labels} ``."""
     if sample.labels:
         labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sample.labels)
-        return f"{sample.family}{sample.suffix}{{{labels}}} {_fmt(sample.value)}\n"
-    return f"{sample.family}{sample.suffix} {_fmt(sample.value)}\n"
+        return f"{sample.family}{sample.suffix}{{{labels}}} "
+    return f"{sample.family}{sample.suffix} "
+
+
+def _line(sample: Sample) -> str:
+    return f"{_prefix(sample)}{_fmt(sample.value)}\n"
+
+
+#: A key's rendered line prefixes, by (family, suffix, labels): see :meth:`Snapshot.update`.
+_Prefixes = dict[tuple[str, str, tuple[tuple[str, str], ...]], str]
 
 
 # --- metadata, rendered once --------------------------------------------------------------------
@@ -141,10 +150,25 @@ def _family(family: str, lines: bytes, openmetrics: bool) -> bytes:
     return _TEXT_HEADERS[family] + lines
 
 
-def _group(samples: Iterable[Sample]) -> dict[str, bytes]:
+def _group(
+    samples: Iterable[Sample], known: _Prefixes | None = None, keep: _Prefixes | None = None
+) -> dict[str, bytes]:
+    """Sample lines by family.  With ``keep``, each line's prefix is taken from ``known`` (the
+    last rendering's) when there, and every prefix used is put in ``keep``: a check's series
+    rarely change from run to run, only their values, so escaping and joining labels is skipped."""
     parts: dict[str, list[str]] = {}
-    for s in samples:
-        parts.setdefault(s.family, []).append(_line(s))
+    if keep is None:
+        for s in samples:
+            parts.setdefault(s.family, []).append(_line(s))
+    else:
+        known = known or {}
+        for s in samples:
+            where = (s.family, s.suffix, s.labels)
+            prefix = known.get(where)
+            if prefix is None:
+                prefix = _prefix(s)
+            keep[where] = prefix
+            parts.setdefault(s.family, []).append(f"{prefix}{_fmt(s.value)}\n")
     return {family: "".join(lines).encode() for family, lines in parts.items()}
 
 
@@ -305,6 +329,7 @@ class Snapshot:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_key: dict[str, dict[str, bytes]] = {}
+        self._prefixes: dict[str, _Prefixes] = {}  # by key: the line prefixes of its last update
         self._families: dict[str, _Family] = {}
         self._order: list[str] | None = []  # families present, in contract order (None: to sort)
         self._body: list[bytes | None] = [None, None]  # by format: [text 0.0.4, OpenMetrics]
@@ -313,8 +338,11 @@ class Snapshot:
 
     def update(self, key: str, samples: Iterable[Sample]) -> None:
         """Replace everything ``key`` contributes with ``samples``."""
-        new = _group(samples)
+        prefixes: _Prefixes = {}
+        new = _group(samples, self._prefixes.get(key), prefixes)
         with self._lock:
+            if key in self._by_key or prefixes:
+                self._prefixes[key] = prefixes
             old = self._by_key.get(key, {})
             if old == new:
                 return
@@ -342,6 +370,7 @@ class Snapshot:
         self.update(key, ())
         with self._lock:
             self._by_key.pop(key, None)
+            self._prefixes.pop(key, None)
 
     def keys(self) -> list[str]:
         with self._lock:

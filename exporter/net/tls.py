@@ -376,8 +376,20 @@ class Conn:
     writer: asyncio.StreamWriter
     tls_version: str | None = None  # set once a handshake succeeded
     peer_der: bytes | None = None
-    #: The certificates the server presented, leaf first, as sent (for DANE), DER.
-    peer_chain: tuple[bytes, ...] = ()
+    _ssl_object: ssl.SSLObject | ssl.SSLSocket | None = None
+    _peer_chain: tuple[bytes, ...] | None = None
+
+    @property
+    def peer_chain(self) -> tuple[bytes, ...]:
+        """The certificates the server presented, leaf first, as sent (for DANE), DER.
+
+        Read from the TLS session on first use only: most probes never need it, and
+        re-encoding every certificate costs more than the rest of the bookkeeping.
+        """
+        if self._peer_chain is None:
+            chain = presented_chain(self._ssl_object) if self._ssl_object is not None else ()
+            self._peer_chain = chain or ((self.peer_der,) if self.peer_der else ())
+        return self._peer_chain
 
     async def send(self, data: bytes, step: str) -> None:
         try:
@@ -403,7 +415,7 @@ class Conn:
         version = None
         if isinstance(obj, ssl.SSLObject | ssl.SSLSocket):
             self.peer_der = obj.getpeercert(binary_form=True)
-            self.peer_chain = presented_chain(obj) or ((self.peer_der,) if self.peer_der else ())
+            self._ssl_object = obj
             version = obj.version()
         self.tls_version = version or "unknown"
 
@@ -412,7 +424,15 @@ class Conn:
         self.writer.transport.abort()
 
     async def close(self) -> None:
-        """Close politely, waiting at most :data:`CLOSE_WAIT`; abort if that does not finish."""
+        """Close: a TLS session is dropped at once, a plain one politely within :data:`CLOSE_WAIT`.
+
+        The dialog has ended (QUIT or LOGOUT answered, or given up on) before this is
+        called, so TLS's close_notify exchange would add a record each way and a wait
+        for the server's, and tell nothing: the server closes the session itself.
+        """
+        if self.tls_version is not None:
+            self.abort()
+            return
         try:
             self.writer.close()
             async with asyncio.timeout(CLOSE_WAIT):

@@ -61,6 +61,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -136,54 +137,151 @@ def notification(alerts: list[dict[str, object]], status: str, group: int) -> by
     ).encode()
 
 
+class BodyTemplate:
+    """A notification body of 3 alerts with its variable parts cut out: rendering one is a join of bytes.
+
+    The load generator shares the machine with the exporter, so it does not run
+    ``json.dumps`` per request; :meth:`render` gives the same bytes as :func:`notification`
+    (checked once at start, :func:`check_templates`).
+    """
+
+    FIELDS = (
+        "GROUPKEY",
+        "SERVICE",
+        "STARTS",
+        "ENDS",
+        *(f"{f}{k}" for k in range(3) for f in ("FP", "N", "SEV", "INST")),
+    )
+
+    def __init__(self, status: str) -> None:
+        resolved = status == "resolved"
+        alerts = [alert(f"@FP{k}@", "@SERVICE@", 0.0, 30.0 if resolved else None, 0) for k in range(3)]
+        for k, a in enumerate(alerts):
+            a["startsAt"] = "@STARTS@"
+            if resolved:
+                a["endsAt"] = "@ENDS@"
+            labels = a["labels"]
+            assert isinstance(labels, dict)
+            labels["severity"], labels["instance"] = f"@SEV{k}@", f"@INST{k}@:10587"
+            annotations = a["annotations"]
+            assert isinstance(annotations, dict)
+            annotations["description"] = f"@INST{k}@ has @N{k}@ deferred messages."
+        text = notification(alerts, status, 0).decode().replace('group=\\"0\\"', 'group=\\"@GROUPKEY@\\"')
+        self.parts: list[bytes | int] = []
+        for i, piece in enumerate(text.split("@")):
+            if i % 2 == 0:
+                self.parts.append(piece.encode())
+            else:
+                self.parts.append(self.FIELDS.index(piece))
+
+    def render(self, gid: int, service: str, starts: float, fps: list[str]) -> bytes:
+        start = ts(starts).encode()
+        values = [str(gid).encode(), service.encode(), start, ts(starts + 30).encode()]
+        for k in range(3):
+            n = gid + k
+            values += [
+                fps[k].encode(),
+                str(100 + n % 900).encode(),
+                SEVERITIES[n % 3],
+                f"mta{n % 7}.example.com".encode(),
+            ]
+        return b"".join(p if isinstance(p, bytes) else values[p] for p in self.parts)
+
+
+SEVERITIES = (b"critical", b"warning", b"info")
+TEMPLATES = {status: BodyTemplate(status) for status in ("firing", "resolved")}
+
+
+def check_templates() -> None:
+    """The rendered bodies are exactly what json.dumps of the payload gives."""
+    gid, starts = 123_456_789, 1_700_000_000.123456
+    fps = [f"{gid:012x}{k:04x}" for k in range(3)]
+    for status, end in (("firing", None), ("resolved", starts + 30)):
+        want = notification([alert(fp, "imap", starts, end, gid + k) for k, fp in enumerate(fps)], status, gid)
+        if TEMPLATES[status].render(gid, "imap", starts, fps) != want:
+            raise AssertionError(f"the {status} body template does not render what json.dumps gives")
+
+
 def bodies(workload: str, client: int, base: float) -> Iterator[tuple[bytes, int]]:
     """An endless stream of notification bodies for one client."""
     group = 0
+    firing, resolved = TEMPLATES["firing"], TEMPLATES["resolved"]
     while True:
         group += 1
         gid = client * 10_000_000 + group
         starts = base + group * 0.001
         service = SERVICES[gid % len(SERVICES)]
         fps = [f"{gid:012x}{k:04x}" for k in range(3)]
-        firing = [alert(fp, service, starts, None, gid + k) for k, fp in enumerate(fps)]
-        body = notification(firing, "firing", gid)
+        body = firing.render(gid, service, starts, fps)
         yield body, 3
         if workload == "lifecycle":
             yield body, 0  # Alertmanager's repeat: same alerts, nothing new
-            resolved = [alert(fp, service, starts, starts + 30, gid + k) for k, fp in enumerate(fps)]
-            yield notification(resolved, "resolved", gid), 0
+            yield resolved.render(gid, service, starts, fps), 0
 
 
-class RawClient:
+class RawClient(asyncio.Protocol):
     """A minimal HTTP/1.1 keep-alive client, so that the load generator costs little CPU
-    (it shares the machine with the exporter); like wrk or hey, it only sends and times."""
+    (it shares the machine with the exporter); like wrk or hey, it only sends and times.
+
+    An asyncio protocol rather than streams: one ``data_received`` per answer, no
+    ``readuntil``/``readexactly`` coroutines.  It reads answers with a Content-Length
+    (what the exporter sends) and closes the connection on anything else.
+    """
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
+        self.transport: asyncio.Transport | None = None
+        self.head = b""
+        self.buf = b""
+        self.waiter: asyncio.Future[int] | None = None
 
     async def post(self, path: str, body: bytes) -> int:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
-        assert self.reader is not None
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        self.writer.write(head + body)
-        header = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(header[9:12])
-        length = 0
-        for line in header.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await self.reader.readexactly(length)
-        return status
+        loop = asyncio.get_running_loop()
+        if self.transport is None:
+            await loop.create_connection(lambda: self, "127.0.0.1", self.port)
+            self.head = (
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\nContent-Type: application/json\r\n"
+                "Content-Length: "
+            ).encode()
+        assert self.transport is not None
+        self.waiter = loop.create_future()
+        self.transport.write(b"%s%d\r\n\r\n%s" % (self.head, len(body), body))
+        return await self.waiter
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        end = self.buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        header = self.buf[: end + 2].lower()
+        at = header.find(b"\r\ncontent-length:")
+        if at < 0:
+            self._fail(ConnectionError("an answer without Content-Length"))
+            return
+        size = end + 4 + int(header[at + 17 : header.index(b"\r\n", at + 2)])
+        if len(self.buf) < size:
+            return
+        status, self.buf = int(self.buf[9:12]), self.buf[size:]
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(status)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(exc or ConnectionError("the exporter closed the connection"))
+        self.transport = None
+
+    def _fail(self, exc: Exception) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        if self.transport is not None:
+            self.transport.close()
 
 
 async def client_loop(
@@ -230,12 +328,14 @@ async def run_load(
         )
     )
     cpu.start()
+    c0 = time.process_time()  # this process is the load generator: its CPU is the client's
     t0 = time.perf_counter()
     stop_at = time.monotonic() + duration
     new_alerts = await asyncio.gather(
         *(client_loop(port, workload, c, stop_at, budget, latencies, errors, base) for c in range(clients))
     )
     elapsed = time.perf_counter() - t0
+    client_cpu = time.process_time() - c0
     exporter_cpu, server_cpu = cpu.stop()
     lat = sorted(latencies)
 
@@ -254,6 +354,7 @@ async def run_load(
         "max": lat[-1] * 1000,
         "mean": statistics.fmean(lat) * 1000,
         "server_cpu": exporter_cpu / elapsed,
+        "client_cpu": client_cpu / elapsed,
         "db_cpu": server_cpu / elapsed if server_cpu is not None else float("nan"),
     }
 
@@ -516,7 +617,7 @@ DB_FILE = "mail-continuity.sqlite"
 
 ROW_HEAD = (
     "| workload | notifications/s | alerts/s | p50 ms | p90 ms | p99 ms | max ms | non-200 | exporter CPU | "
-    "stored alerts | incidents | load average |"
+    "client CPU | stored alerts | incidents | load average |"
 )
 
 
@@ -524,13 +625,45 @@ def run_row(wl: str, r: dict[str, float], with_db: bool) -> str:
     db = f" {r['db_cpu'] * 100:.0f}% |" if with_db else ""
     return (
         f"| {wl} | {r['rate']:.0f} | {r['rate'] * 3:.0f} | {r['p50']:.2f} | {r['p90']:.2f} | {r['p99']:.2f} | "
-        f"{r['max']:.1f} | {r['errors']:.0f} | {r['server_cpu'] * 100:.0f}% |{db} {r['stored_alerts']:.0f} | "
+        f"{r['max']:.1f} | {r['errors']:.0f} | {r['server_cpu'] * 100:.0f}% |{db} {r['client_cpu'] * 100:.0f}% | "
+        f"{r['stored_alerts']:.0f} | "
         f"{r['incidents']:.0f} | {r['load']:.2f} |"
     )
 
 
 def med(rows: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in rows)
+
+
+MEDIAN_KEYS = ("rate", "p50", "p90", "p99", "max", "server_cpu", "client_cpu", "db_cpu")
+
+
+@dataclass(frozen=True)
+class Medians:
+    """One (store, workload): the medians of its rounds (``m[key]``, keys :data:`MEDIAN_KEYS`)."""
+
+    store: str
+    workload: str
+    rounds: int
+    errors: float  # non-200 answers, all rounds together
+    base: float | None  # SQLite's median rate for the same workload (None when SQLite did not run)
+    m: dict[str, float]
+
+
+def medians(rows: list[tuple[str, str, dict[str, float]]], stores: list[str], workloads: list[str]) -> list[Medians]:
+    """The medians of the rounds per (workload, store), in report order: for the table and the summary."""
+    out: list[Medians] = []
+    for wl in workloads:
+        base: float | None = None
+        for st in stores:
+            rs = [r for s, w, r in rows if s == st and w == wl]
+            if not rs:
+                continue
+            m = {key: med(rs, key) for key in MEDIAN_KEYS}
+            if st == "sqlite":
+                base = m["rate"]
+            out.append(Medians(st, wl, len(rs), sum(r["errors"] for r in rs), base, m))
+    return out
 
 
 def report(
@@ -561,25 +694,18 @@ def report(
         f"### Side by side (median of {rounds} round{'s' if rounds != '1' else ''} per store and workload)",
         "",
         "| workload | store | notifications/s | alerts/s | p50 ms | p90 ms | p99 ms | max ms | non-200 | "
-        "exporter CPU | server CPU | PostgreSQL / SQLite |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "exporter CPU | server CPU | client CPU | PostgreSQL / SQLite |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for wl in workloads:
-        base: float | None = None
-        for st in stores:
-            rs = [r for s, w, r in rows if s == st and w == wl]
-            if not rs:
-                continue
-            rate = med(rs, "rate")
-            if st == "sqlite":
-                base = rate
-            ratio = f"{rate / base:.2f}×" if st == "postgresql" and base else ""
-            server = f"{med(rs, 'db_cpu') * 100:.0f}%" if st == "postgresql" else "(in exporter)"
-            lines.append(
-                f"| {wl} | {STORE_NAMES[st]} | {rate:.0f} | {rate * 3:.0f} | {med(rs, 'p50'):.2f} | "
-                f"{med(rs, 'p90'):.2f} | {med(rs, 'p99'):.2f} | {med(rs, 'max'):.1f} | "
-                f"{sum(r['errors'] for r in rs):.0f} | {med(rs, 'server_cpu') * 100:.0f}% | {server} | {ratio} |"
-            )
+    for x in medians(rows, stores, workloads):
+        m, rate = x.m, x.m["rate"]
+        ratio = f"{rate / x.base:.2f}×" if x.store == "postgresql" and x.base else ""
+        server = f"{m['db_cpu'] * 100:.0f}%" if x.store == "postgresql" else "(in exporter)"
+        lines.append(
+            f"| {x.workload} | {STORE_NAMES[x.store]} | {rate:.0f} | {rate * 3:.0f} | {m['p50']:.2f} | "
+            f"{m['p90']:.2f} | {m['p99']:.2f} | {m['max']:.1f} | {x.errors:.0f} | "
+            f"{m['server_cpu'] * 100:.0f}% | {server} | {m['client_cpu'] * 100:.0f}% | {ratio} |"
+        )
     lines.append("")
     # every run, per store
     for st in stores:
@@ -591,7 +717,7 @@ def report(
                 f"SQLite {sqlite3.sqlite_version}; exporter CPU includes its store writer process.",
                 "",
                 ROW_HEAD,
-                "|---|---|---|---|---|---|---|---|---|---|---|---|",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
         else:
             lines += [
@@ -601,7 +727,7 @@ def report(
                 "backends, from /proc.",
                 "",
                 ROW_HEAD.replace("exporter CPU |", "exporter CPU | server CPU |"),
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
         lines += [run_row(wl, r, st == "postgresql") for s, wl, r in rows if s == st]
         lines.append("")
@@ -642,6 +768,7 @@ def main() -> int:
     ap.add_argument("--results-dir", type=Path, default=RESULTS.parent, help="where webhook.md goes")
     ap.add_argument("--summary", default=None, help="append the headline figures to this file as JSON lines")
     args = ap.parse_args()
+    check_templates()
     if args.duration is None:
         args.duration = 2.0 if args.quick else 10.0
     if args.repeat is None:
@@ -691,6 +818,7 @@ def main() -> int:
                 print(
                     f"{st} {wl}: {r['rate']:.0f}/s p50 {r['p50']:.1f} ms p99 {r['p99']:.1f} ms errors "
                     f"{r['errors']:.0f} exporter CPU {r['server_cpu'] * 100:.0f}%{db}"
+                    f" client CPU {r['client_cpu'] * 100:.0f}%"
                     f" (load average before: {load:.2f})",
                     flush=True,
                 )
@@ -710,41 +838,33 @@ def summary(
 ) -> list[dict[str, object]]:
     """The headline figures, medians of the rounds: notifications/s (PostgreSQL against SQLite) and p99."""
     out = []
-    for wl in workloads:
-        base: float | None = None
-        for st in stores:
-            rs = [r for s, w, r in rows if s == st and w == wl]
-            if not rs:
-                continue
-            rate = med(rs, "rate")
-            if st == "sqlite":
-                base = rate
-            vs_sqlite = st == "postgresql" and base is not None
-            out.append(
-                summary_line(
-                    "webhook",
-                    f"notifications per second, {wl}, {STORE_NAMES[st]}",
-                    rate,
-                    peer=base if vs_sqlite else None,
-                    peer_name="this exporter on SQLite" if vs_sqlite else None,
-                    unit="notifications/s",
-                    better="higher",
-                    rounds=len(rs),
-                    quick=quick,
-                    target=TARGET_RATE,
-                )
+    for x in medians(rows, stores, workloads):
+        vs_sqlite = x.base if x.store == "postgresql" else None
+        out.append(
+            summary_line(
+                "webhook",
+                f"notifications per second, {x.workload}, {STORE_NAMES[x.store]}",
+                x.m["rate"],
+                peer=vs_sqlite,
+                peer_name="this exporter on SQLite" if vs_sqlite is not None else None,
+                unit="notifications/s",
+                better="higher",
+                rounds=x.rounds,
+                quick=quick,
+                target=TARGET_RATE,
             )
-            out.append(
-                summary_line(
-                    "webhook",
-                    f"p99 latency, {wl}, {STORE_NAMES[st]}",
-                    med(rs, "p99"),
-                    unit="ms",
-                    better="lower",
-                    rounds=len(rs),
-                    quick=quick,
-                )
+        )
+        out.append(
+            summary_line(
+                "webhook",
+                f"p99 latency, {x.workload}, {STORE_NAMES[x.store]}",
+                x.m["p99"],
+                unit="ms",
+                better="lower",
+                rounds=x.rounds,
+                quick=quick,
             )
+        )
     return out
 
 

@@ -8,6 +8,7 @@ interface (plus ``_write``, ``_read`` and ``stats``, which both stores have).
 from __future__ import annotations
 
 import asyncio
+import pickle
 import sqlite3
 import threading
 from pathlib import Path
@@ -21,6 +22,7 @@ from exporter.continuity.figures import RECOVERY_BUCKETS
 from exporter.continuity.incidents import (
     AlertEvent,
     Assignment,
+    Changes,
     Classifier,
     ImportRecord,
     MaintenanceSpan,
@@ -28,6 +30,7 @@ from exporter.continuity.incidents import (
     severity_of,
 )
 from exporter.continuity.store import DB_NAME, SCHEMA_VERSION, SqliteStore, Summary, migrate
+from exporter.continuity.store.tx import decode_op, decode_result, encode_op, encode_result
 from exporter.continuity.webhook import parse_notification
 from exporter.core.errors import StoreError
 
@@ -314,6 +317,49 @@ async def test_process_writer_group_commits(pstore: SqliteStore) -> None:
     assert committed == 300 and batches < 300
     s = await summary(pstore)
     assert incidents(s) == [(T, None)]  # one open incident, 300 alerts
+
+
+async def test_process_writer_commits_what_one_loop_iteration_submits_with_one_fsync(pstore: SqliteStore) -> None:
+    # Requests submitted in one event-loop iteration cross to the writer in one frame and are
+    # committed in one transaction (one fsync); each gets its own answer.
+    evs = [events(am_alert(f"b{i}", lab(), T + i)) + events(am_alert(f"c{i}", lab(), T + i)) for i in range(50)]
+    before = pstore.stats
+    results = await asyncio.gather(*(pstore.ingest(e, NOW) for e in evs))
+    batches, committed = pstore.stats
+    assert (batches - before[0], committed - before[1]) == (1, 50)
+    assert [r.new_alerts for r in results] == [2] * 50
+    assert len(await pstore.alert_keys()) == 100
+
+
+async def test_process_writer_answers_each_request_of_a_batch_with_its_own_changes(pstore: SqliteStore) -> None:
+    await pstore.ingest(events(am_alert("old", lab(), T)), NOW)
+    new, repeat, resolve = (
+        pstore.ingest(events(am_alert("new", lab(), T + 1)), NOW),
+        pstore.ingest(events(am_alert("old", lab(), T)), NOW),
+        pstore.ingest(events(am_alert("old", lab(), T, T + 60)), NOW),
+    )
+    a, b, c = await asyncio.gather(new, repeat, resolve)
+    assert (a.new_alerts, a.repeats, a.resolved_alerts) == (1, 0, 0)
+    assert (b.new_alerts, b.repeats, b.resolved_alerts) == (0, 1, 0)
+    assert (c.new_alerts, c.repeats, c.resolved_alerts) == (0, 0, 1)
+
+
+def test_writer_wire_format_round_trips() -> None:
+    evs = events(am_alert("w1", lab(), T), am_alert("w2", lab("warning", drill="true"), T + 1, T + 60))
+    evs += events(am_alert("w3", lab(), T + 5_500))  # in the maintenance window: an assignment with window_end
+    assert any(a.window_end is not None for ev in evs for a in ev.assignments)
+    for name, args in (
+        ("ingest", (evs, NOW)),
+        ("reconcile", (frozenset({("w1", 1)}), evs, NOW - 1, NOW)),
+        ("promote", (NOW,)),
+    ):
+        wire = encode_op(name, args)
+        assert pickle.loads(pickle.dumps(wire)) == wire
+        assert not any(isinstance(x, AlertEvent) for arg in wire if isinstance(arg, list) for x in arg)
+        assert decode_op(name, wire) == args
+    changes = Changes(new_alerts=2, resolved_alerts=1, opened=1, conflicts=["x"])
+    assert decode_result(encode_result(changes)) == changes
+    assert decode_result(encode_result(None)) is None
 
 
 async def test_process_writer_failing_request_fails_alone(pstore: SqliteStore) -> None:

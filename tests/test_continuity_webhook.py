@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_continuity_support import ZERO, am_alert, body, payload
 
+from exporter.continuity import webhook as webhook_module
 from exporter.continuity.webhook import (
     MAX_LABEL_VALUE,
     parse_active_alerts,
@@ -281,6 +282,50 @@ def test_broken_payloads_are_always_rejected(data: bytes) -> None:
     with pytest.raises(WebhookError) as info:
         parse_notification(data)
     assert info.value.status == 400
+
+
+# --- the fast path agrees with the checked path ------------------------------------------------------------
+
+
+def _both_paths(data: bytes) -> None:
+    """The fast path builds what the checked path builds, and gives up on whatever the checked path refuses."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return
+    fast = webhook_module._fast_notification(value)
+    try:
+        checked = webhook_module._checked_notification(value)
+    except WebhookError:
+        assert fast is None
+        return
+    assert fast is None or fast == checked
+
+
+def test_fast_path_takes_the_real_notification_and_refuses_every_malformed_one() -> None:
+    assert webhook_module._fast_notification(json.loads(REAL)) == webhook_module._checked_notification(json.loads(REAL))
+    for _, data, _ in MALFORMED:
+        _both_paths(data)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(valid_alerts(), max_size=5))
+def test_fast_path_agrees_on_valid_notifications(alerts: list[dict[str, Any]]) -> None:
+    data = body(payload(alerts))
+    assert webhook_module._fast_notification(json.loads(data)) is not None
+    _both_paths(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(broken_payloads())
+def test_fast_path_agrees_on_broken_payloads(data: bytes) -> None:
+    _both_paths(data)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(json_values, st.dictionaries(st.sampled_from(list(_good())), json_values, max_size=8)))
+def test_fast_path_agrees_on_arbitrary_json(value: Any) -> None:
+    _both_paths(json.dumps(value).encode())
 
 
 def test_active_alerts_list() -> None:

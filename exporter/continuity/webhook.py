@@ -50,7 +50,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeGuard
 
 from exporter.core.errors import WebhookError
 from exporter.core.timefmt import format_time, parse_time, seconds
@@ -227,6 +227,96 @@ def _alert(raw: Any, path: str) -> Alert:
     return Alert(status, fingerprint, seconds(starts), starts // 1_000_000, ends_at, labels)
 
 
+# --- the fast path -----------------------------------------------------------------------------------
+#
+# Every webhook request is validated on the exporter's event loop, so the common case, a
+# well-formed notification, takes one pass with few calls: _fast_notification returns the
+# Notification, or None at the first thing it does not like, and then the checked path
+# (_checked_notification) validates again and raises the error that says what is wrong.
+# The fast path accepts nothing the checked path refuses, and builds the same Notification
+# (tests/test_continuity_webhook.py compares them).
+
+
+def _map_ok(value: Any, limit_value: int, limit_count: int) -> TypeGuard[dict[str, str]]:
+    """What :func:`_check_map` accepts: an object of at most ``limit_count`` bounded string values."""
+    if type(value) is not dict or len(value) > limit_count:
+        return False
+    for k, v in value.items():
+        if type(v) is not str or not k or len(k) > MAX_LABEL_NAME or len(v) > limit_value:
+            return False
+    return True
+
+
+def _fast_alert(raw: Any) -> Alert | None:
+    if type(raw) is not dict:
+        return None
+    status = raw.get("status")
+    if status not in ("firing", "resolved"):
+        return None
+    labels = raw.get("labels")
+    if not _map_ok(labels, MAX_LABEL_VALUE, MAX_LABELS):
+        return None
+    annotations = raw.get("annotations")
+    if annotations is not None and not _map_ok(annotations, MAX_ANNOTATION_VALUE, MAX_LABELS):
+        return None
+    if "generatorURL" in raw and type(raw["generatorURL"]) is not str:
+        return None
+    fingerprint = raw.get("fingerprint")
+    starts_text = raw.get("startsAt")
+    if type(fingerprint) is not str or not _FINGERPRINT_RE.match(fingerprint) or type(starts_text) is not str:
+        return None
+    try:
+        starts = parse_time(starts_text)
+        if "endsAt" in raw:
+            ends_text = raw["endsAt"]
+            if type(ends_text) is not str:
+                return None
+            ends = parse_time(ends_text)
+        elif status == "resolved":
+            return None
+    except ValueError:
+        return None
+    if starts is None:
+        return None
+    ends_at: float | None = None
+    if status == "resolved":
+        if ends is None or ends < starts:
+            return None
+        ends_at = seconds(ends)
+    return Alert(status, fingerprint, seconds(starts), starts // 1_000_000, ends_at, tuple(sorted(labels.items())))
+
+
+def _fast_notification(data: Any) -> Notification | None:
+    if type(data) is not dict or data.get("version") != "4":
+        return None
+    status = data.get("status")
+    if status not in ("firing", "resolved"):
+        return None
+    receiver = data.get("receiver", "")
+    group_key = data.get("groupKey", "")
+    if type(receiver) is not str or type(group_key) is not str or type(data.get("externalURL", "")) is not str:
+        return None
+    for key in ("groupLabels", "commonLabels", "commonAnnotations"):
+        value = data.get(key)
+        if value is not None and not _map_ok(value, MAX_ANNOTATION_VALUE, 10_000):
+            return None
+    truncated = data.get("truncatedAlerts", 0)
+    if truncated is None:
+        truncated = 0
+    elif type(truncated) is not int or truncated < 0:
+        return None
+    raw_alerts = data.get("alerts")
+    if type(raw_alerts) is not list:
+        return None
+    alerts = []
+    for raw in raw_alerts:
+        alert = _fast_alert(raw)
+        if alert is None:
+            return None
+        alerts.append(alert)
+    return Notification(status, receiver, group_key, truncated, tuple(alerts))
+
+
 # --- the webhook ------------------------------------------------------------------------------------
 
 
@@ -240,6 +330,12 @@ def parse_notification(body: bytes) -> Notification:
         raise WebhookError("body: expected UTF-8 JSON", status=400) from None
     except ValueError as exc:
         raise WebhookError(f"body: not valid JSON: {str(exc)[:120]}", status=400) from None
+    note = _fast_notification(data)
+    return note if note is not None else _checked_notification(data)
+
+
+def _checked_notification(data: Any) -> Notification:
+    """The notification in ``data``, every field checked; raises the WebhookError of the first bad one."""
     if not isinstance(data, dict):
         raise _bad("body", "a JSON object (an Alertmanager webhook message)", data)
     if "version" not in data:

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from exporter.continuity.store.schema import SCHEMA_VERSION, Checkpointer, connect, migrate
-from exporter.continuity.store.tx import Op, SqliteTx, apply_op
+from exporter.continuity.store.tx import Op, SqliteTx, apply_op, decode_op, decode_result, encode_op, encode_result
 from exporter.core.errors import StoreError
 
 log = logging.getLogger("exporter.continuity.store")
@@ -241,9 +241,13 @@ class ThreadWriter(GroupCommitThread):
 # In one process they take turns on the GIL, which caps ingestion at roughly 1,500
 # notifications/s on the benchmark machine; in two processes they run in parallel.
 # Parent and child talk over a socket pair: frames of a 4-byte length and a pickle.
-# Requests are (id, operation, arguments); after each commit the child answers with one
-# frame listing (id, ok, result or error message) for the whole batch.  The child exits
-# when the socket closes (the exporter stopped, or was killed).
+# A request frame is a list of requests (id, operation, arguments): every request the
+# event loop produced in one iteration, sent with one write (one wake-up of the child)
+# rather than one each.  Arguments cross as plain tuples (tx.encode_op), not as
+# dataclasses, whose pickling runs Python per object on the exporter's event loop.
+# After each commit the child answers with one frame listing (id, ok, result or error
+# message) for the whole batch.  The child exits when the socket closes (the exporter
+# stopped, or was killed).
 
 _FRAME = struct.Struct(">I")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[3])  # the directory holding the exporter package
@@ -282,7 +286,7 @@ def writer_process_main(fd: int, path: str) -> int:
     buf = bytearray()
     eof = False
     while True:
-        requests = _take_frames(buf)
+        requests = [req for frame in _take_frames(buf) for req in frame]
         if not requests:
             if eof:
                 break
@@ -290,24 +294,21 @@ def writer_process_main(fd: int, path: str) -> int:
             if not data:
                 break
             buf += data
-            sock.setblocking(False)
             try:
                 while True:  # and take whatever else is already there: one batch
-                    more = sock.recv(1 << 20)
+                    more = sock.recv(1 << 20, socket.MSG_DONTWAIT)
                     if not more:
                         eof = True
                         break
                     buf += more
             except BlockingIOError:
                 pass
-            finally:
-                sock.setblocking(True)
             continue
         for i in range(0, len(requests), MAX_BATCH):
             chunk = requests[i : i + MAX_BATCH]
-            outcomes = commit_batch(conn, tx, [(name, args) for _, name, args in chunk])
+            outcomes = commit_batch(conn, tx, [(name, decode_op(name, args)) for _, name, args in chunk])
             answer = [
-                (rid, exc is None, result if exc is None else str(exc))
+                (rid, exc is None, encode_result(result) if exc is None else str(exc))
                 for (rid, _, _), (result, exc) in zip(chunk, outcomes, strict=True)
             ]
             try:
@@ -330,6 +331,7 @@ class ProcessWriter:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.outbox: list[tuple[int, str, tuple[Any, ...]]] = []  # requests of this loop iteration
         self.ids = itertools.count(1)
         self.task: asyncio.Task[None] | None = None
         self.alive = False
@@ -393,7 +395,7 @@ class ProcessWriter:
                     if fut is None or fut.done():
                         continue
                     if ok:
-                        fut.set_result(value)
+                        fut.set_result(decode_result(value))
                     else:
                         fut.set_exception(StoreError(value))
         except (asyncio.IncompleteReadError, OSError, pickle.UnpicklingError) as exc:
@@ -410,18 +412,33 @@ class ProcessWriter:
         if not self.alive or self.writer is None:
             raise StoreError("the store writer process is not running")
         rid = next(self.ids)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending[rid] = fut
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         name, args = op
-        try:
-            self.writer.write(_frame((rid, name, args)))
-            await self.writer.drain()
-        except (OSError, RuntimeError) as exc:
-            self.pending.pop(rid, None)
-            raise StoreError(f"the store writer process is not reachable: {exc!r}") from exc
+        self.outbox.append((rid, name, encode_op(name, args)))
+        self.pending[rid] = fut
+        if len(self.outbox) == 1:
+            # Everything this loop iteration submits goes in one frame, with one write.
+            loop.call_soon(self._flush)
         return await fut
 
+    def _flush(self) -> None:
+        batch, self.outbox = self.outbox, []
+        if not batch:
+            return
+        try:
+            if self.writer is None or self.writer.is_closing():
+                raise ConnectionResetError("the socket to the writer process is closed")
+            self.writer.write(_frame(batch))
+        except (OSError, RuntimeError) as exc:
+            err = StoreError(f"the store writer process is not reachable: {exc!r}")
+            for rid, _, _ in batch:
+                fut = self.pending.pop(rid, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(err)
+
     async def stop(self) -> None:
+        self._flush()  # what was submitted is still sent: the child commits it before it exits
         self.alive = False
         self.stopping = True
         if self.writer is not None:

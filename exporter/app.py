@@ -13,12 +13,14 @@ __all__ = ["Exporter", "Options"]
 
 import asyncio
 import logging
+import math
 import platform
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.gc_collector import GCCollector
@@ -38,6 +40,33 @@ from exporter.net.oauth import clear_sources
 from exporter.web.probe import ProbeGate
 
 log = logging.getLogger("exporter")
+
+
+T = TypeVar("T")
+
+
+def _openmetrics_text(registry: CollectorRegistry) -> bytes:
+    """A registry in OpenMetrics, without the ``# EOF`` (the exposition goes on after it)."""
+    text: bytes = openmetrics_exposition.generate_latest(registry)  # type: ignore[no-untyped-call]
+    return text.removesuffix(b"# EOF\n")
+
+
+class Reused(Generic[T]):
+    """A value made by ``make`` at most once every ``seconds`` (monotonic clock), else the last one."""
+
+    def __init__(self, make: Callable[[], T], seconds: float) -> None:
+        self.make = make
+        self.seconds = seconds
+        self._at = -math.inf
+        self._value: T | None = None
+
+    def get(self) -> T:
+        now = time.monotonic()
+        value = self._value
+        if value is None or now - self._at >= self.seconds:
+            value = self._value = self.make()
+            self._at = now
+        return value
 
 
 @dataclass(frozen=True)
@@ -74,14 +103,19 @@ class Exporter:
         self.last_reload_error = ""
         self.started = time.time()
         self._reload_lock = asyncio.Lock()
-        self.collector = memory.PeriodicCollector()
-        self._tasks_counted: tuple[float, int] = (-1.0, 0)  # (monotonic time, count) of the last count
-        self.task_count_interval = 1.0  # seconds a task count is reused for
-        self._process_cache: list[tuple[float, bytes]] = [(-1.0, b""), (-1.0, b"")]  # by format
+        self.collector = memory.PeriodicCollector(settled=self._checks_ran)
+        # Counting walks every task (a millisecond with 1,000 checks), and reading /proc and
+        # listing the open fds for the process metrics about half a millisecond: a scrape every
+        # 200 ms should not pay that each time, so both are reused for a second.
+        self._task_count = Reused(lambda: len(asyncio.all_tasks()), 1.0)
         self._process_registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self._process_registry)
         PlatformCollector(registry=self._process_registry)
         GCCollector(registry=self._process_registry)
+        self._process_text = (  # by format: text 0.0.4, OpenMetrics (without its # EOF)
+            Reused(lambda: generate_latest(self._process_registry), 1.0),
+            Reused(lambda: _openmetrics_text(self._process_registry), 1.0),
+        )
 
     # --- config -------------------------------------------------------------------------------
 
@@ -111,6 +145,9 @@ class Exporter:
         if self.options.config_file is None:
             described = ", ".join(c.key for c in built) or "nothing"
             log.info("no --config.file given; using the embedded default config", extra={"kv": {"checks": described}})
+
+    def _checks_ran(self) -> bool:
+        return self.scheduler is not None and self.scheduler.all_ran()
 
     def _store_url(self, cfg: config.Config) -> str | None:
         if self.options.storage_url:
@@ -143,6 +180,7 @@ class Exporter:
             if self._store_url(cfg) != self.store_url:
                 log.warning("continuity.store changed: the new store is used after a restart")
             self._swap(cfg, built)
+            self.collector.reload()
             log.info("configuration reloaded", extra={"kv": {"checks": len(built)}})
             return True, ""
 
@@ -186,7 +224,7 @@ class Exporter:
             ),
             Sample("mail_exporter_config_last_reload_successful", "", (), 1.0 if self.reload_ok else 0.0),
             Sample("mail_exporter_config_last_reload_success_timestamp_seconds", "", (), self.reload_success_time),
-            Sample("mail_exporter_asyncio_tasks", "", (), float(self._task_count())),
+            Sample("mail_exporter_asyncio_tasks", "", (), float(self._task_count.get())),
         ]
         if self.scheduler is not None:
             kinds: dict[str, int] = {}
@@ -196,31 +234,18 @@ class Exporter:
             out.extend(self.scheduler.lag.samples())
         return out
 
-    def _task_count(self) -> int:
-        """The number of asyncio tasks, counted at most once a second: counting walks every task
-        (a millisecond with 1,000 checks), and a scrape every 200 ms should not pay that each time."""
-        at, count = self._tasks_counted
-        now = time.monotonic()
-        if now - at >= self.task_count_interval or at < 0:
-            count = len(asyncio.all_tasks())
-            self._tasks_counted = (now, count)
-        return count
+    @property
+    def task_count_interval(self) -> float:
+        """Seconds a count of the asyncio tasks is reused for."""
+        return self._task_count.seconds
+
+    @task_count_interval.setter
+    def task_count_interval(self, seconds: float) -> None:
+        self._task_count.seconds = seconds
 
     def render_self(self, openmetrics: bool = False) -> bytes:
         """The self-metrics and prometheus-client's process registry; OpenMetrics without its ``# EOF``."""
-        return render_samples(self.self_samples(), openmetrics=openmetrics).encode() + self._process_text(openmetrics)
-
-    def _process_text(self, openmetrics: bool) -> bytes:
-        """prometheus-client's process, platform and GC metrics, read at most once a second per
-        format (reading /proc and listing the open fds costs about half a millisecond)."""
-        now = time.monotonic()
-        at, text = self._process_cache[openmetrics]
-        if now - at < 1.0:
-            return text
-        if openmetrics:
-            text = openmetrics_exposition.generate_latest(self._process_registry)  # type: ignore[no-untyped-call]
-            text = text.removesuffix(b"# EOF\n")
-        else:
-            text = generate_latest(self._process_registry)
-        self._process_cache[openmetrics] = (now, text)
-        return text
+        return (
+            render_samples(self.self_samples(), openmetrics=openmetrics).encode()
+            + self._process_text[openmetrics].get()
+        )

@@ -91,3 +91,82 @@ async def test_exporter_runs_the_collector_between_start_and_stop(tmp_path: Path
     stopped_at = counter.calls
     await asyncio.sleep(0.05)
     assert counter.calls == stopped_at >= 2
+
+
+class Flags:
+    def __init__(self) -> None:
+        self.settled = False
+        self.freezes = 0
+        self.unfreezes = 0
+
+    def freeze(self) -> None:
+        self.freezes += 1
+
+    def unfreeze(self) -> None:
+        self.unfreezes += 1
+
+
+async def test_freezes_once_after_the_first_collection_once_settled_and_again_after_a_reload() -> None:
+    flags = Flags()
+    counter = Counter(1000)
+    collector = PeriodicCollector(
+        every=3600, collect=counter, settled=lambda: flags.settled, freeze=flags.freeze, unfreeze=flags.unfreeze
+    )
+    collector.start()
+    try:
+        collector._tick()  # not settled: collect only
+        assert (counter.calls, flags.freezes, collector.frozen) == (1, 0, False)
+        flags.settled = True
+        collector._tick()  # collect, then freeze what survived
+        assert (counter.calls, flags.freezes, collector.frozen) == (2, 1, True)
+        collector._tick()  # frozen already: never twice
+        assert (counter.calls, flags.freezes) == (3, 1)
+        flags.settled = False
+        collector.reload()  # new checks: unfreeze so the old ones' garbage is collected
+        assert (flags.unfreezes, collector.frozen) == (1, False)
+        collector._tick()
+        assert flags.freezes == 1
+        flags.settled = True
+        collector._tick()
+        assert (flags.freezes, collector.frozen) == (2, True)
+        collector.reload()
+        collector.reload()  # not frozen: nothing to undo
+        assert flags.unfreezes == 2
+    finally:
+        collector.stop()
+
+
+async def test_freezes_after_the_settle_limit_even_if_a_check_never_finishes() -> None:
+    flags = Flags()
+    collector = PeriodicCollector(
+        every=3600, collect=Counter(1000), settle_limit=0.0, freeze=flags.freeze, unfreeze=flags.unfreeze
+    )
+    collector.start()
+    try:
+        collector._tick()
+        assert flags.freezes == 1
+    finally:
+        collector.stop()
+
+
+async def test_the_exporter_counts_as_settled_once_every_check_has_run(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yml"
+    refused = f"127.0.0.1:{free_port()}"
+    cfg.write_text(
+        "global: {interval: 1h, timeout: 2s}\nendpoints:\n"
+        f"  - {{name: a, protocol: smtp, address: '{refused}'}}\n"
+        f"  - {{name: b, protocol: smtp, address: '{refused}'}}\n"
+    )
+    exp = Exporter(Options(config_file=str(cfg), storage_path=str(tmp_path / "data")))
+    exp.collector = PeriodicCollector(every=3600, collect=Counter(1000))
+    await exp.start()
+    try:
+        assert exp.scheduler is not None
+        checks = exp.scheduler.checks
+        assert len(checks) == 2
+        assert exp._checks_ran() is False
+        for check in checks:
+            await exp.scheduler.run_once(check)
+            assert exp._checks_ran() is (check is checks[-1])
+    finally:
+        await exp.stop()

@@ -114,6 +114,10 @@ class Scheduler:
     def checks(self) -> list[Check]:
         return list(self._checks.values())
 
+    def all_ran(self) -> bool:
+        """Whether every check has finished at least one run."""
+        return all(check.runs for check in self._checks.values())
+
     def set_concurrency(self, max_concurrency: int, jitter: float) -> None:
         if self._sem._value != max_concurrency:
             self._sem = asyncio.Semaphore(max_concurrency)

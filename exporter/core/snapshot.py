@@ -150,26 +150,31 @@ def _family(family: str, lines: bytes, openmetrics: bool) -> bytes:
     return _TEXT_HEADERS[family] + lines
 
 
-def _group(
-    samples: Iterable[Sample], known: _Prefixes | None = None, keep: _Prefixes | None = None
-) -> dict[str, bytes]:
-    """Sample lines by family.  With ``keep``, each line's prefix is taken from ``known`` (the
-    last rendering's) when there, and every prefix used is put in ``keep``: a check's series
-    rarely change from run to run, only their values, so escaping and joining labels is skipped."""
+def _group(samples: Iterable[Sample], known: _Prefixes | None = None) -> tuple[dict[str, bytes], _Prefixes | None]:
+    """Sample lines by family, and the line prefixes used (see :meth:`Snapshot.update`).
+
+    Each line's prefix (``name{labels} ``) is taken from ``known``, the last rendering's,
+    when it is there: a check's series rarely change from run to run, only their values,
+    so escaping and joining labels is skipped.  When every prefix came from ``known`` and
+    none of it went unused, ``known`` itself is returned (no new long-lived dict per run for
+    the garbage collector to scan); else a new dict of exactly the prefixes used.
+    """
     parts: dict[str, list[str]] = {}
-    if keep is None:
-        for s in samples:
-            parts.setdefault(s.family, []).append(_line(s))
-    else:
-        known = known or {}
-        for s in samples:
-            where = (s.family, s.suffix, s.labels)
-            prefix = known.get(where)
-            if prefix is None:
-                prefix = _prefix(s)
-            keep[where] = prefix
-            parts.setdefault(s.family, []).append(f"{prefix}{_fmt(s.value)}\n")
-    return {family: "".join(lines).encode() for family, lines in parts.items()}
+    known = known or {}
+    used: _Prefixes = {}
+    missed = False
+    for s in samples:
+        where = (s.family, s.suffix, s.labels)
+        prefix = known.get(where)
+        if prefix is None:
+            prefix = _prefix(s)
+            missed = True
+        used[where] = prefix
+        parts.setdefault(s.family, []).append(f"{prefix}{_fmt(s.value)}\n")
+    grouped = {family: "".join(lines).encode() for family, lines in parts.items()}
+    if not missed and len(used) == len(known):
+        return grouped, known if known else None
+    return grouped, used if used else None
 
 
 def render_samples(samples: Iterable[Sample], openmetrics: bool = False) -> str:
@@ -178,7 +183,7 @@ def render_samples(samples: Iterable[Sample], openmetrics: bool = False) -> str:
     With ``openmetrics``, the families are OpenMetrics 1.0.0 without the final ``# EOF``
     (the caller ends the exposition, usually after more families).
     """
-    grouped = _group(samples)
+    grouped, _ = _group(samples)
     return b"".join(_family(f, grouped[f], openmetrics) for f in sorted(grouped, key=_ORDER.__getitem__)).decode()
 
 
@@ -338,10 +343,12 @@ class Snapshot:
 
     def update(self, key: str, samples: Iterable[Sample]) -> None:
         """Replace everything ``key`` contributes with ``samples``."""
-        prefixes: _Prefixes = {}
-        new = _group(samples, self._prefixes.get(key), prefixes)
+        known = self._prefixes.get(key)
+        new, prefixes = _group(samples, known)
         with self._lock:
-            if key in self._by_key or prefixes:
+            if prefixes is None:
+                self._prefixes.pop(key, None)
+            elif prefixes is not known:
                 self._prefixes[key] = prefixes
             old = self._by_key.get(key, {})
             if old == new:

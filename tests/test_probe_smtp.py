@@ -605,3 +605,40 @@ async def test_stack_postfix_auth(stack: Any, port: str, mode: str) -> None:
     assert_ok(o)
     assert metric(o.sink, "mail_smtp_reply_code") == 235
     assert_no_secret(o, password)
+
+
+@pytest.mark.parametrize("tls", ["none", "starttls"])
+@pytest.mark.asyncio
+async def test_a_finished_probe_leaves_no_transport_for_the_cyclic_collector(
+    certs: CertKit, tls: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CPython 3.11 keeps a closed transport in a cycle with its own bound method; the probe
+    cuts it, so reference counting frees the connection as soon as it is closed (no pile of
+    garbage for a young collection to free at once, under /metrics)."""
+    import gc
+    import weakref
+
+    from exporter.net import tls as tlsmod
+
+    made: list[weakref.ref[object]] = []
+    post_init = tlsmod.Conn.__post_init__
+
+    def record(self: tlsmod.Conn) -> None:
+        post_init(self)
+        made.append(weakref.ref(self._socket_transport))
+
+    monkeypatch.setattr(tlsmod.Conn, "__post_init__", record)
+    script = SmtpScript(starttls=certs.valid.server_context())
+    settings = plain(tls, tls_settings=TLSSettings(ca_file=certs.ca_file))
+    async with smtp_server(script) as srv:
+        gc.collect()
+        gc.disable()
+        try:
+            o = await probe(srv.address, settings)
+            for _ in range(5):  # connection_lost runs from the loop's next iterations
+                await asyncio.sleep(0)
+            assert_ok(o)
+            assert len(made) == 1
+            assert made[0]() is None, gc.get_referrers(made[0]())
+        finally:
+            gc.enable()

@@ -2,7 +2,10 @@
 
 In Python 3.11 every closed asyncio socket transport stays in a reference cycle: it keeps
 ``_read_ready_cb``, a bound method of itself (cpython#100348, fixed for 3.12).  Only the
-cyclic collector frees it, with its socket object and ``__dict__``.  ``cli.py`` freezes the
+cyclic collector frees it, with its socket object and ``__dict__``.  The probers' own
+connections no longer do: ``exporter.net.tls.Conn.abort`` cuts the cycle once the
+transport is closed.  The others (scrapes, webhooks, IMAP receivers, HTTP clients) still
+do, so the collection stays.  ``cli.py`` freezes the
 start-up heap and raises the collector's thresholds to ``(20_000, 50, 100)``, to keep
 young-generation pauses out of ``/metrics``.  Under load, a young collection then runs
 about every 30 s.  Connections in flight at that moment are promoted, and once closed they

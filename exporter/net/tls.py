@@ -379,6 +379,10 @@ class Conn:
     _ssl_object: ssl.SSLObject | ssl.SSLSocket | None = None
     _peer_chain: tuple[bytes, ...] | None = None
 
+    def __post_init__(self) -> None:
+        # The socket transport under any TLS layered on it later: see abort().
+        self._socket_transport: asyncio.BaseTransport = self.writer.transport
+
     @property
     def peer_chain(self) -> tuple[bytes, ...]:
         """The certificates the server presented, leaf first, as sent (for DANE), DER.
@@ -420,8 +424,20 @@ class Conn:
         self.tls_version = version or "unknown"
 
     def abort(self) -> None:
-        """Drop the connection now (also cuts short a pending graceful TLS shutdown)."""
+        """Drop the connection now (also cuts short a pending graceful TLS shutdown).
+
+        On CPython 3.11 a closed selector transport stays in a reference cycle with its own
+        bound ``_read_ready_cb`` (cpython#100348, fixed in 3.12), so only the cyclic garbage
+        collector frees it, its socket and its dict: with 10,000 checks that was 10,000 to
+        20,000 objects for each young collection to free, and 60 to 140 ms pauses in
+        ``/metrics``.  Once aborted the transport's reader is removed (and its pending
+        callback cancelled), so the cycle is cut here and reference counting frees it all
+        at once.  Other loops (uvloop) have no such attribute.
+        """
         self.writer.transport.abort()
+        raw = self._socket_transport
+        if getattr(raw, "_read_ready_cb", None) is not None and raw.is_closing():
+            raw._read_ready_cb = None  # type: ignore[attr-defined]
 
     async def close(self) -> None:
         """Close: a TLS session is dropped at once, a plain one politely within :data:`CLOSE_WAIT`.

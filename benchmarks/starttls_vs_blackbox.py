@@ -125,22 +125,27 @@ def drive_scheduled(pid: int, base: str, seconds: float) -> dict[str, float]:
     return {"ok": runs, "wall": time.perf_counter() - t0, "cpu": cpu, "per_cpu_s": runs / cpu if cpu else float("inf")}
 
 
-def scheduled(tmp: Path, seconds: float) -> dict[str, float]:
-    """Start an exporter on ``scheduled.yml``, measure :func:`drive_scheduled`, stop it."""
-    port = free_port()
-    proc = subprocess.Popen(
+def exporter_process(config: Path, port: int, data: Path) -> subprocess.Popen[bytes]:
+    """This exporter (``python -m exporter``) on ``config``, listening on 127.0.0.1:``port``."""
+    return subprocess.Popen(
         [
             sys.executable,
             "-m",
             "exporter",
-            f"--config.file={tmp / 'scheduled.yml'}",
+            f"--config.file={config}",
             f"--web.listen-address=127.0.0.1:{port}",
-            f"--storage.path={tmp / 'scheduled-data'}",
+            f"--storage.path={data}",
             "--log.level=error",
         ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
+
+
+def scheduled(tmp: Path, seconds: float) -> dict[str, float]:
+    """Start an exporter on ``scheduled.yml``, measure :func:`drive_scheduled`, stop it."""
+    port = free_port()
+    proc = exporter_process(tmp / "scheduled.yml", port, tmp / "scheduled-data")
     try:
         wait_http(f"http://127.0.0.1:{port}/-/ready")
         return drive_scheduled(proc.pid, f"http://127.0.0.1:{port}", seconds)
@@ -297,19 +302,7 @@ endpoints:
                 "--log.level=error",
             ]
         ),
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "exporter",
-                f"--config.file={tmp / 'mce.yml'}",
-                f"--web.listen-address=127.0.0.1:{mce_port}",
-                f"--storage.path={tmp / 'data'}",
-                "--log.level=error",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        ),
+        exporter_process(tmp / "mce.yml", mce_port, tmp / "data"),
     ]
     try:
         wait_http(f"http://127.0.0.1:{bb_port}/-/healthy")
@@ -375,31 +368,25 @@ endpoints:
     out = args.results_dir / "starttls.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
+    peer = peer_version("prometheus-blackbox-exporter")
     append_summary(
         args.summary,
         [
             summary_line(
                 "starttls",
-                "SMTP STARTTLS checks per CPU-second",
-                mce["per_cpu_s"],
+                figure,
+                ours["per_cpu_s"],
                 peer=bb["per_cpu_s"],
-                peer_name=peer_version("prometheus-blackbox-exporter"),
+                peer_name=peer,
                 unit="checks/CPU-s",
                 better="higher",
                 rounds=args.rounds,
                 quick=args.quick,
-            ),
-            summary_line(
-                "starttls",
-                "SMTP STARTTLS scheduled checks per CPU-second",
-                sched["per_cpu_s"],
-                peer=bb["per_cpu_s"],
-                peer_name=peer_version("prometheus-blackbox-exporter"),
-                unit="checks/CPU-s",
-                better="higher",
-                rounds=args.rounds,
-                quick=args.quick,
-            ),
+            )
+            for figure, ours in (
+                ("SMTP STARTTLS checks per CPU-second", mce),
+                ("SMTP STARTTLS scheduled checks per CPU-second", sched),
+            )
         ],
     )
     return 0

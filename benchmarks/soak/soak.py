@@ -503,31 +503,30 @@ def print_table(report: dict) -> None:  # type: ignore[type-arg]
         print(f"FAIL: {reason}")
 
 
+#: The size options: name, type, full-size default, --quick default, what it is (for --help).
+SIZES: dict[str, tuple[type[float] | type[int], float, float, str]] = {
+    "duration": (float, MAX_DURATION, 12.0, f"seconds, at most {MAX_DURATION:g}"),
+    "checks": (int, 1000, 100, "checks"),
+    "tarpit": (int, 200, 20, "checks against tarpits"),
+    "flapping": (int, 100, 10, "checks against flapping servers"),
+    "interval": (float, 12.0, 4.0, "mean seconds between runs (±20%%)"),
+    "timeout": (float, 5.0, 2.0, "check timeout (a tarpit run lasts this long)"),
+    "flap_period": (float, 25.0, 6.0, "seconds up, then down"),
+    "warmup": (float, 120.0, 5.0, "seconds left out of the slopes"),
+    "sample_every": (float, SAMPLE_EVERY, 2.0, "seconds per resource sample"),
+}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--plain-every", type=int, default=0, help="every Nth scrape without gzip, timed apart (default 0: none)"
     )
-    parser.add_argument("--duration", type=float, default=None, help="seconds, at most 600 (default 600; quick 12)")
-    parser.add_argument("--checks", type=int, default=None, help="checks (default 1000; quick 100)")
-    parser.add_argument("--tarpit", type=int, default=None, help="checks against tarpits (default 200; quick 20)")
-    parser.add_argument(
-        "--flapping", type=int, default=None, help="checks against flapping servers (default 100; quick 10)"
-    )
-    parser.add_argument(
-        "--interval", type=float, default=None, help="mean seconds between runs (±20%%; default 12; quick 4)"
-    )
-    parser.add_argument(
-        "--timeout", type=float, default=None, help="check timeout (a tarpit run lasts this long; default 5; quick 2)"
-    )
+    for name, (kind, full, quick, what) in SIZES.items():
+        parser.add_argument(
+            f"--{name.replace('_', '-')}", type=kind, default=None, help=f"{what} (default {full:g}; quick {quick:g})"
+        )
     parser.add_argument("--max-concurrency", type=int, default=400)
-    parser.add_argument("--flap-period", type=float, default=None, help="seconds up, then down (default 25; quick 6)")
-    parser.add_argument(
-        "--warmup", type=float, default=None, help="seconds left out of the slopes (default 120; quick 5)"
-    )
-    parser.add_argument(
-        "--sample-every", type=float, default=None, help="seconds per resource sample (default 10; quick 2)"
-    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -543,18 +542,7 @@ def main() -> int:
     )
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the exporter's environment")
     args = parser.parse_args()
-    quick_defaults = {
-        "duration": (MAX_DURATION, 12.0),
-        "checks": (1000, 100),
-        "tarpit": (200, 20),
-        "flapping": (100, 10),
-        "interval": (12.0, 4.0),
-        "timeout": (5.0, 2.0),
-        "flap_period": (25.0, 6.0),
-        "warmup": (120.0, 5.0),
-        "sample_every": (SAMPLE_EVERY, 2.0),
-    }
-    for name, (full, quick) in quick_defaults.items():
+    for name, (_, full, quick, _) in SIZES.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
     if args.sample_every <= 0:
